@@ -1,0 +1,295 @@
+"""Layers shared by the networks: projections and convolutions with logical axes, norms, attention, ResNet and
+transformer blocks of the latent-diffusion family.
+
+Every module takes ``dtype`` (compute) and ``param_dtype``. Tensors are channels-last: images ``[B, H, W, C]``,
+sequences ``[B, L, C]``. Submodule names follow the PyTorch reference (``to_out_0`` for ``to_out.0``) so that
+checkpoint conversion is a mechanical renaming.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from audioldm2_jax.parallel.partitioning import constrain, with_axes
+
+Dtype = Any
+default_kernel_init = nn.initializers.lecun_normal()
+zeros = nn.initializers.zeros_init()
+ones = nn.initializers.ones_init()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parameterised primitives with logical axis names
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def dense(features: int, axes: tuple[str | None, str | None], *, use_bias: bool = True, dtype: Dtype = jnp.float32,
+          param_dtype: Dtype = jnp.float32, name: str | None = None,
+          kernel_init: Callable = default_kernel_init) -> nn.Dense:
+    """``nn.Dense`` whose kernel is named ``axes = (in_axis, out_axis)`` and bias ``(out_axis,)``."""
+    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+                    kernel_init=with_axes(kernel_init, axes), bias_init=with_axes(zeros, (axes[1],)))
+
+
+def conv(features: int, kernel_size: int | tuple[int, ...], *, strides: int | tuple[int, ...] = 1,
+         padding: Any = "SAME", use_bias: bool = True, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+         name: str | None = None, ndim: int = 2, kernel_dilation: int | tuple[int, ...] = 1,
+         feature_group_count: int = 1) -> nn.Conv:
+    """``nn.Conv`` (``ndim`` spatial dims) with kernel axes ``(conv_kernel, ..., conv_in, conv_out)``.
+
+    ``padding`` is an int (symmetric, like ``torch.nn.Conv*d(padding=p)``), a Flax padding spec, or "SAME".
+    """
+    ks = (kernel_size,) * ndim if isinstance(kernel_size, int) else tuple(kernel_size)
+    st = (strides,) * ndim if isinstance(strides, int) else tuple(strides)
+    dil = (kernel_dilation,) * ndim if isinstance(kernel_dilation, int) else tuple(kernel_dilation)
+    if isinstance(padding, int):
+        padding = ((padding, padding),) * ndim
+    axes = ("conv_kernel",) * ndim + ("conv_in", "conv_out")
+    return nn.Conv(features, ks, strides=st, padding=padding, use_bias=use_bias, dtype=dtype,
+                   param_dtype=param_dtype, name=name, kernel_dilation=dil, feature_group_count=feature_group_count,
+                   kernel_init=with_axes(default_kernel_init, axes), bias_init=with_axes(zeros, ("conv_out",)))
+
+
+def group_norm(num_groups: int, eps: float, *, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+               name: str | None = None) -> nn.GroupNorm:
+    # Two-pass variance: E[x^2] - E[x]^2 loses digits on large activations and breaks 1e-4 parity.
+    return nn.GroupNorm(num_groups=num_groups, epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name,
+                        use_fast_variance=False, scale_init=with_axes(ones, ("norm",)),
+                        bias_init=with_axes(zeros, ("norm",)))
+
+
+def layer_norm(eps: float, *, use_bias: bool = True, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+               name: str | None = None) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=eps, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+                        use_fast_variance=False, scale_init=with_axes(ones, ("norm",)),
+                        bias_init=with_axes(zeros, ("norm",)))
+
+
+def embed(num_embeddings: int, features: int, axes: tuple[str | None, str | None] = ("vocab", "embed"), *,
+          dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Embed:
+    return nn.Embed(num_embeddings, features, dtype=dtype, param_dtype=param_dtype, name=name,
+                    embedding_init=with_axes(nn.initializers.normal(0.02), axes))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Attention
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax.Array | None = None,
+                          mask: jax.Array | None = None, scale: float | None = None,
+                          is_causal: bool = False) -> jax.Array:
+    """Multi-head attention on ``[B, L, N, D]`` tensors; the project's single attention entry point.
+
+    ``bias`` is additive and broadcastable to ``[B, N, Lq, Lk]``; ``mask`` is boolean (True = attend). Uses
+    ``jax.nn.dot_product_attention``: cuDNN flash attention on GPU where the shape and dtype allow, XLA otherwise.
+    Scores and softmax run in float32 whatever the compute dtype.
+    """
+    if bias is not None:
+        bias = bias.astype(q.dtype)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale, is_causal=is_causal)
+
+
+class Attention(nn.Module):
+    """diffusers' ``Attention``: ``to_q``/``to_k``/``to_v`` projections, ``heads`` heads, ``to_out_0``.
+
+    ``x: [B, Lq, C]``, ``context: [B, Lk, Cc]`` (self-attention when None), ``bias`` additive ``[B, 1|N, Lq|1, Lk]``.
+    """
+
+    heads: int
+    dim_head: int
+    out_dim: int | None = None
+    qkv_bias: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, context=None, bias=None):
+        inner = self.heads * self.dim_head
+        context = x if context is None else context
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=self.qkv_bias)
+        q = dense(inner, ("embed", "heads"), name="to_q", **kw)(x)
+        k = dense(inner, ("embed", "heads"), name="to_k", **kw)(context)
+        v = dense(inner, ("embed", "heads"), name="to_v", **kw)(context)
+        split = lambda t: t.reshape(t.shape[:2] + (self.heads, self.dim_head))
+        q, k, v = (constrain(split(t), ("act_batch", "act_length", "act_heads", None)) for t in (q, k, v))
+        out = dot_product_attention(q, k, v, bias=bias, scale=1.0 / math.sqrt(self.dim_head))
+        out = out.reshape(out.shape[:2] + (inner,))
+        return dense(self.out_dim or x.shape[-1], ("heads", "embed"), name="to_out_0", dtype=self.dtype,
+                     param_dtype=self.param_dtype)(out)
+
+
+class GEGLUFeedForward(nn.Module):
+    """``FeedForward(activation_fn="geglu")``: ``net_0.proj`` to 2x inner (value, gate), exact GELU gate, ``net_2``."""
+
+    mult: int = 4
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        dim = x.shape[-1]
+        inner = dim * self.mult
+        h = dense(inner * 2, ("embed", "mlp"), name="net_0_proj", dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        h, gate = jnp.split(h, 2, axis=-1)
+        h = h * nn.gelu(gate, approximate=False)
+        h = constrain(h, ("act_batch", "act_length", "mlp"))
+        return dense(dim, ("mlp", "embed"), name="net_2", dtype=self.dtype, param_dtype=self.param_dtype)(h)
+
+
+class BasicTransformerBlock(nn.Module):
+    """Pre-LN block: self-attention, cross-attention (or a second self-attention), GEGLU feed-forward."""
+
+    heads: int
+    dim_head: int
+    cross_attention: bool
+    norm_eps: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, context=None, context_bias=None):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        attn = dict(heads=self.heads, dim_head=self.dim_head, **kw)
+        x = x + Attention(name="attn1", **attn)(layer_norm(self.norm_eps, name="norm1", **kw)(x))
+        h = layer_norm(self.norm_eps, name="norm2", **kw)(x)
+        if self.cross_attention:
+            x = x + Attention(name="attn2", **attn)(h, context, context_bias)
+        else:  # "double self-attention": the block of a `null` cross_attention_dim entry
+            x = x + Attention(name="attn2", **attn)(h)
+        x = x + GEGLUFeedForward(name="ff", **kw)(layer_norm(self.norm_eps, name="norm3", **kw)(x))
+        return constrain(x, ("act_batch", "act_length", "act_embed"))
+
+
+class Transformer2D(nn.Module):
+    """diffusers' ``Transformer2DModel`` with conv 1x1 in/out projections: ``[B, H, W, C] -> [B, H, W, C]``."""
+
+    heads: int
+    cross_attention: bool
+    num_layers: int = 1
+    norm_groups: int = 32
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, context=None, context_bias=None):
+        b, hgt, wid, ch = x.shape
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        residual = x
+        h = group_norm(self.norm_groups, 1e-6, name="norm", **kw)(x)
+        h = conv(ch, 1, padding=0, name="proj_in", **kw)(h)
+        h = h.reshape(b, hgt * wid, ch)
+        for i in range(self.num_layers):
+            h = BasicTransformerBlock(self.heads, ch // self.heads, self.cross_attention,
+                                      name=f"transformer_blocks_{i}", **kw)(h, context, context_bias)
+        h = h.reshape(b, hgt, wid, ch)
+        return conv(ch, 1, padding=0, name="proj_out", **kw)(h) + residual
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Convolutional blocks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class ResnetBlock2D(nn.Module):
+    """diffusers' ``ResnetBlock2D`` (pre-norm, SiLU, optional time embedding, 1x1 shortcut when channels change)."""
+
+    out_channels: int
+    groups: int = 32
+    eps: float = 1e-5
+    dropout: float = 0.0
+    output_scale_factor: float = 1.0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, temb=None, deterministic: bool = True):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = nn.silu(group_norm(self.groups, self.eps, name="norm1", **kw)(x))
+        h = conv(self.out_channels, 3, padding=1, name="conv1", **kw)(h)
+        if temb is not None:
+            t = dense(self.out_channels, ("embed", "conv_out"), name="time_emb_proj", **kw)(nn.silu(temb))
+            h = h + t[:, None, None, :]
+        h = nn.silu(group_norm(self.groups, self.eps, name="norm2", **kw)(h))
+        h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+        h = conv(self.out_channels, 3, padding=1, name="conv2", **kw)(h)
+        if x.shape[-1] != self.out_channels:
+            x = conv(self.out_channels, 1, padding=0, name="conv_shortcut", **kw)(x)
+        out = (x + h) / self.output_scale_factor
+        return constrain(out, ("act_batch", "act_height", "act_width", "act_channels"))
+
+
+class Downsample2D(nn.Module):
+    """3x3 convolution with stride 2 and symmetric padding ``padding`` (``downsamplers.0.conv``)."""
+
+    out_channels: int
+    padding: int = 1
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        pad = ((self.padding, self.padding),) * 2 if self.padding else ((0, 1), (0, 1))  # padding 0: pad right/bottom
+        return conv(self.out_channels, 3, strides=2, padding=pad, name="conv", dtype=self.dtype,
+                    param_dtype=self.param_dtype)(x)
+
+
+def upsample_nearest(x: jax.Array, size: tuple[int, int] | None = None) -> jax.Array:
+    """Nearest-neighbour upsampling of ``[B, H, W, C]`` by 2, or to ``size`` with torch's index rule ``floor(i*in/out)``."""
+    if size is None:
+        return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    (h, w), (oh, ow) = x.shape[1:3], size
+    rows = (jnp.arange(oh) * h) // oh
+    cols = (jnp.arange(ow) * w) // ow
+    return x[:, rows][:, :, cols]
+
+
+class Upsample2D(nn.Module):
+    """Nearest upsampling (by 2, or to an explicit size) followed by a 3x3 convolution (``upsamplers.0.conv``)."""
+
+    out_channels: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, size: tuple[int, int] | None = None):
+        x = upsample_nearest(x, size)
+        return conv(self.out_channels, 3, padding=1, name="conv", dtype=self.dtype, param_dtype=self.param_dtype)(x)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Timestep embeddings
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def timestep_embedding(timesteps: jax.Array, dim: int, flip_sin_to_cos: bool = True, freq_shift: float = 0.0,
+                       max_period: float = 10000.0) -> jax.Array:
+    """Sinusoidal embedding ``[B] -> [B, dim]`` as diffusers' ``get_timestep_embedding``."""
+    half = dim // 2
+    exponent = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift)
+    args = timesteps.astype(jnp.float32)[:, None] * jnp.exp(exponent)[None, :]
+    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+    if flip_sin_to_cos:
+        emb = jnp.concatenate([emb[:, half:], emb[:, :half]], axis=-1)
+    if dim % 2:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
+
+
+class TimestepEmbedding(nn.Module):
+    """``linear_1 -> SiLU -> linear_2``."""
+
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = dense(self.features, ("embed", "mlp"), name="linear_1", **kw)(x)
+        return dense(self.features, ("mlp", "embed"), name="linear_2", **kw)(nn.silu(x))

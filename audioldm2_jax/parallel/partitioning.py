@@ -1,0 +1,139 @@
+"""Logical axis names, their default mapping onto mesh axes, and sharding helpers.
+
+Model code names only *logical* axes (``"embed"``, ``"mlp"``, ``"conv_out"``, ...). The rules below are the one
+place where logical names meet the mesh axes ``data``, ``fsdp`` and ``tensor``; configs may override them.
+
+Parameter axes
+    embed       model width on the input side of a projection
+    mlp         feed-forward hidden width
+    heads       flattened ``heads * head_dim`` of attention projections
+    vocab       token vocabulary
+    conv_in     input channels of a convolution
+    conv_out    output channels of a convolution
+    conv_kernel spatial extent of a convolution kernel
+    norm        scale / bias of a normalisation layer
+    position    learned position tables
+
+Activation axes
+    act_batch, act_length, act_embed, act_heads, act_height, act_width, act_channels
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+LogicalRules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    # parameters: fully sharded over fsdp, tensor-parallel over the wide dimension
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("conv_in", "fsdp"),
+    ("conv_out", "tensor"),
+    ("conv_kernel", None),
+    ("norm", None),
+    ("position", None),
+    # activations: the batch is split over every data-parallel axis
+    ("act_batch", ("data", "fsdp")),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_height", None),
+    ("act_width", None),
+    ("act_channels", None),
+)
+
+
+def make_mesh(shape: dict[str, int] | Sequence[int], names: Sequence[str] = ("data", "fsdp", "tensor"),
+              devices=None) -> jax.sharding.Mesh:
+    """A mesh with ``Auto`` axes (Linen's logical constraints need them; ``Explicit`` is jax's default now).
+
+    ``shape`` is ``{"data": 2, "fsdp": 2, "tensor": 2}`` or a sequence matching ``names``; one entry may be -1
+    to take the remaining devices.
+    """
+    if isinstance(shape, dict):
+        names = tuple(shape)
+        shape = tuple(shape.values())
+    shape = list(shape)
+    devices = list(jax.devices() if devices is None else devices)
+    if shape.count(-1) > 1:
+        raise ValueError(f"mesh shape {shape}: at most one axis may be -1")
+    if -1 in shape:
+        rest = int(np.prod([s for s in shape if s != -1]))
+        if len(devices) % rest:
+            raise ValueError(f"mesh shape {shape} does not divide the {len(devices)} devices")
+        shape[shape.index(-1)] = len(devices) // rest
+    if int(np.prod(shape)) != len(devices):
+        raise ValueError(f"mesh shape {dict(zip(names, shape))} needs {int(np.prod(shape))} devices, "
+                         f"{len(devices)} are available")
+    axis_types = (jax.sharding.AxisType.Auto,) * len(shape)
+    return jax.make_mesh(tuple(shape), tuple(names), axis_types=axis_types, devices=devices)
+
+
+def with_axes(init: nn.initializers.Initializer, axes: tuple[str | None, ...]):
+    """An initializer whose parameter carries logical axis names (``nn.with_logical_partitioning``)."""
+    return nn.with_logical_partitioning(init, axes)
+
+
+def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
+    """Pins an activation's sharding by logical names; a no-op outside a mesh / rules context."""
+    return nn.with_logical_constraint(x, axes)
+
+
+def fit_spec_to_shape(spec: PartitionSpec, shape: tuple[int, ...], mesh: jax.sharding.Mesh) -> PartitionSpec:
+    """Drops mesh axes from dimensions they do not divide (small convs, odd vocabularies stay replicated)."""
+    fitted = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        if axes is None:
+            fitted.append(None)
+            continue
+        names = (axes,) if isinstance(axes, str) else tuple(axes)
+        kept = []
+        size = 1
+        for name in names:
+            if dim % (size * mesh.shape[name]) == 0:
+                kept.append(name)
+                size *= mesh.shape[name]
+        fitted.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+    return PartitionSpec(*fitted)
+
+
+def logical_to_shardings(abstract_tree, mesh: jax.sharding.Mesh, rules: LogicalRules):
+    """NamedShardings for a tree of (possibly ``LogicallyPartitioned``) abstract arrays.
+
+    Leaves without logical names are replicated. Mesh axes that do not divide a dimension are dropped.
+    """
+    logical_specs = nn.get_partition_spec(abstract_tree)
+    mesh_specs = nn.logical_to_mesh(logical_specs, rules)
+    unboxed = nn.unbox(abstract_tree)
+
+    def leaf_sharding(spec, leaf):
+        spec = spec if isinstance(spec, PartitionSpec) else PartitionSpec()
+        return NamedSharding(mesh, fit_spec_to_shape(spec, leaf.shape, mesh))
+
+    return jax.tree.map(leaf_sharding, mesh_specs, unboxed, is_leaf=lambda s: isinstance(s, PartitionSpec))
+
+
+def sharded_init(init_fn, mesh: jax.sharding.Mesh, rules: LogicalRules, *args):
+    """Runs ``init_fn(*args)`` under jit so that every parameter is born sharded, never whole on one device.
+
+    Returns ``(params, shardings)`` with plain (unboxed) arrays.
+    """
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        abstract = jax.eval_shape(init_fn, *args)
+        shardings = logical_to_shardings(abstract, mesh, rules)
+        params = jax.jit(lambda *a: nn.unbox(init_fn(*a)), out_shardings=shardings)(*args)
+    return params, shardings
+
+
+def place(tree, shardings):
+    """Moves host arrays onto the mesh (``jax.device_put`` leaf by leaf with matching shardings)."""
+    return jax.tree.map(lambda x, s: jax.device_put(np.asarray(x) if not isinstance(x, jax.Array) else x, s),
+                        tree, shardings)

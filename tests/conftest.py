@@ -1,0 +1,31 @@
+"""Test setup: 8 simulated CPU devices (set before JAX starts) and the shared comparison helper."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+def assert_close(ours, ref, rel: float = 1e-4, what: str = "output"):
+    """Max abs error within ``rel`` of the reference's scale (max |ref|), the project's parity criterion."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    assert ours.shape == ref.shape, f"{what}: shape {ours.shape} != reference {ref.shape}"
+    scale = max(float(np.abs(ref).max()), 1e-12)
+    err = float(np.abs(ours - ref).max())
+    assert err <= rel * scale, f"{what}: max abs error {err:.3e} > {rel:g} x scale {scale:.3e}"
+    return err / scale
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_threads():
+    try:
+        import torch
+
+        torch.manual_seed(0)
+        torch.set_num_threads(2)
+    except ImportError:  # the reference is only needed by parity tests
+        pass
+    yield
