@@ -10,6 +10,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	# timm (AudioMAE's reference blocks) without its torchvision: PyPI's torchvision wheels are CUDA builds that
+	# fail to load against the CPU torch and then break every transformers import.
+	$(PY) -m pip install -q --no-deps 'timm>=1.0'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,0 +1,17 @@
+"""Noise schedules, samplers (DDIM, DPM-Solver++, PLMS) as pure steps over static plans, training losses."""
+
+from audioldm2_jax.diffusion.base import Sampler
+from audioldm2_jax.diffusion.ddim import DDIMSampler
+from audioldm2_jax.diffusion.dpm_solver import DPMSolverMultistepSampler
+from audioldm2_jax.diffusion.losses import diffusion_loss, draw_timesteps_and_noise
+from audioldm2_jax.diffusion.pndm import PNDMSampler
+from audioldm2_jax.diffusion.sampling import SAMPLER_NAMES, make_sampler, sample_loop
+from audioldm2_jax.diffusion.schedule import (
+    NoiseSchedule, add_noise, cumulative_alphas, float32_linspace, make_betas, spaced_timesteps, training_target,
+    velocity)
+
+__all__ = [
+    "DDIMSampler", "DPMSolverMultistepSampler", "NoiseSchedule", "PNDMSampler", "SAMPLER_NAMES", "Sampler",
+    "add_noise", "cumulative_alphas", "diffusion_loss", "draw_timesteps_and_noise", "float32_linspace",
+    "make_betas", "make_sampler", "sample_loop", "spaced_timesteps", "training_target", "velocity",
+]

@@ -40,7 +40,7 @@ def conv(features: int, kernel_size: int | tuple[int, ...], *, strides: int | tu
          padding: Any = "SAME", use_bias: bool = True, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
          name: str | None = None, ndim: int = 2, kernel_dilation: int | tuple[int, ...] = 1,
          feature_group_count: int = 1) -> nn.Conv:
-    """``nn.Conv`` (``ndim`` spatial dims) with kernel axes ``(conv_kernel, ..., conv_in, conv_out)``.
+    """``nn.Conv`` (``ndim`` spatial dims) with kernel axes ``(..., conv_kh, conv_kw, conv_in, conv_out)``.
 
     ``padding`` is an int (symmetric, like ``torch.nn.Conv*d(padding=p)``), a Flax padding spec, or "SAME".
     """
@@ -49,7 +49,7 @@ def conv(features: int, kernel_size: int | tuple[int, ...], *, strides: int | tu
     dil = (kernel_dilation,) * ndim if isinstance(kernel_dilation, int) else tuple(kernel_dilation)
     if isinstance(padding, int):
         padding = ((padding, padding),) * ndim
-    axes = ("conv_kernel",) * ndim + ("conv_in", "conv_out")
+    axes = ("conv_kd", "conv_kh", "conv_kw")[3 - ndim:] + ("conv_in", "conv_out")
     return nn.Conv(features, ks, strides=st, padding=padding, use_bias=use_bias, dtype=dtype,
                    param_dtype=param_dtype, name=name, kernel_dilation=dil, feature_group_count=feature_group_count,
                    kernel_init=with_axes(default_kernel_init, axes), bias_init=with_axes(zeros, ("conv_out",)))
@@ -86,13 +86,24 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax
                           is_causal: bool = False) -> jax.Array:
     """Multi-head attention on ``[B, L, N, D]`` tensors; the project's single attention entry point.
 
-    ``bias`` is additive and broadcastable to ``[B, N, Lq, Lk]``; ``mask`` is boolean (True = attend). Uses
-    ``jax.nn.dot_product_attention``: cuDNN flash attention on GPU where the shape and dtype allow, XLA otherwise.
-    Scores and softmax run in float32 whatever the compute dtype.
+    ``bias`` is additive and broadcastable to ``[B, N, Lq, Lk]``; ``mask`` is boolean (True = attend). On GPU with
+    16-bit inputs this asks ``jax.nn.dot_product_attention`` for cuDNN's fused (flash) kernel, which its default
+    does not pick, and falls back to XLA for shapes cuDNN rejects; everywhere else XLA's implementation runs.
     """
     if bias is not None:
         bias = bias.astype(q.dtype)
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale, is_causal=is_causal)
+    kwargs = dict(bias=bias, mask=mask, scale=scale, is_causal=is_causal)
+    if _cudnn_candidate(q):
+        try:
+            return jax.nn.dot_product_attention(q, k, v, implementation="cudnn", **kwargs)
+        except Exception:  # noqa: BLE001 - shape / layout / version limits of the fused kernel, found at trace time
+            pass
+    return jax.nn.dot_product_attention(q, k, v, **kwargs)
+
+
+def _cudnn_candidate(q: jax.Array) -> bool:
+    return (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] <= 128
+            and q.shape[-1] % 8 == 0)
 
 
 class Attention(nn.Module):
@@ -124,8 +135,22 @@ class Attention(nn.Module):
                      param_dtype=self.param_dtype)(out)
 
 
+class GEGLU(nn.Module):
+    """``proj`` to twice the width, split into value and gate, ``value * gelu(gate)`` (exact GELU)."""
+
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        h = dense(self.features * 2, ("embed", "mlp"), name="proj", dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        h, gate = jnp.split(h, 2, axis=-1)
+        return h * nn.gelu(gate, approximate=False)
+
+
 class GEGLUFeedForward(nn.Module):
-    """``FeedForward(activation_fn="geglu")``: ``net_0.proj`` to 2x inner (value, gate), exact GELU gate, ``net_2``."""
+    """diffusers' ``FeedForward(activation_fn="geglu")``: ``net_0`` (GEGLU to ``mult`` x width), ``net_2`` back."""
 
     mult: int = 4
     dtype: Dtype = jnp.float32
@@ -134,11 +159,8 @@ class GEGLUFeedForward(nn.Module):
     @nn.compact
     def __call__(self, x):
         dim = x.shape[-1]
-        inner = dim * self.mult
-        h = dense(inner * 2, ("embed", "mlp"), name="net_0_proj", dtype=self.dtype, param_dtype=self.param_dtype)(x)
-        h, gate = jnp.split(h, 2, axis=-1)
-        h = h * nn.gelu(gate, approximate=False)
-        h = constrain(h, ("act_batch", "act_length", "mlp"))
+        h = GEGLU(dim * self.mult, name="net_0", dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        h = constrain(h, ("act_batch", "act_length", "act_mlp"))
         return dense(dim, ("mlp", "embed"), name="net_2", dtype=self.dtype, param_dtype=self.param_dtype)(h)
 
 
@@ -241,7 +263,7 @@ class Downsample2D(nn.Module):
 
 def upsample_nearest(x: jax.Array, size: tuple[int, int] | None = None) -> jax.Array:
     """Nearest-neighbour upsampling of ``[B, H, W, C]`` by 2, or to ``size`` with torch's index rule ``floor(i*in/out)``."""
-    if size is None:
+    if size is None or tuple(size) == (2 * x.shape[1], 2 * x.shape[2]):
         return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
     (h, w), (oh, ow) = x.shape[1:3], size
     rows = (jnp.arange(oh) * h) // oh

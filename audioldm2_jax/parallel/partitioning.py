@@ -10,12 +10,12 @@ Parameter axes
     vocab       token vocabulary
     conv_in     input channels of a convolution
     conv_out    output channels of a convolution
-    conv_kernel spatial extent of a convolution kernel
+    conv_kh, conv_kw (conv_kd)  spatial extent of a convolution kernel (1-D kernels use conv_kw)
     norm        scale / bias of a normalisation layer
     position    learned position tables
 
 Activation axes
-    act_batch, act_length, act_embed, act_heads, act_height, act_width, act_channels
+    act_batch, act_length, act_embed, act_heads, act_mlp, act_height, act_width, act_channels
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("vocab", "tensor"),
     ("conv_in", "fsdp"),
     ("conv_out", "tensor"),
-    ("conv_kernel", None),
+    ("conv_kd", None),
+    ("conv_kh", None),
+    ("conv_kw", None),
     ("norm", None),
     ("position", None),
     # activations: the batch is split over every data-parallel axis
@@ -45,6 +47,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("act_length", None),
     ("act_embed", None),
     ("act_heads", "tensor"),
+    ("act_mlp", "tensor"),
     ("act_height", None),
     ("act_width", None),
     ("act_channels", None),
@@ -126,10 +129,12 @@ def sharded_init(init_fn, mesh: jax.sharding.Mesh, rules: LogicalRules, *args):
 
     Returns ``(params, shardings)`` with plain (unboxed) arrays.
     """
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    with nn.logical_axis_rules(rules):
+        # Shapes first, outside the mesh: boxed parameters would otherwise try to constrain abstract values.
         abstract = jax.eval_shape(init_fn, *args)
         shardings = logical_to_shardings(abstract, mesh, rules)
-        params = jax.jit(lambda *a: nn.unbox(init_fn(*a)), out_shardings=shardings)(*args)
+        with jax.set_mesh(mesh):
+            params = jax.jit(lambda *a: nn.unbox(init_fn(*a)), out_shardings=shardings)(*args)
     return params, shardings
 
 

@@ -1,0 +1,130 @@
+"""HiFi-GAN vocoder parity with transformers' SpeechT5HifiGan (random weights, small config), weight-norm folding,
+output length and conversion errors."""
+
+import functools
+import json
+import sys
+
+import jax
+import numpy as np
+import pytest
+from conftest import assert_close
+
+from audioldm2_jax.convert.vocoder import load_vocoder
+from audioldm2_jax.convert.weights import CheckpointError
+from audioldm2_jax.models.vocoder import HifiGanVocoder, VocoderConfig
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+# The published stage pattern (rate 5 kernel 16 -> 5n + 1, rate 4 kernel 16, rate 2 kernel 8) plus a stage whose
+# kernel - rate is odd (rate 3 kernel 6: padding 1, 3n + 1), two MRF kernels with different dilation counts, a
+# non-default slope, and input normalisation.
+SMALL = dict(model_in_dim=16, upsample_initial_channel=64, upsample_rates=[5, 4, 2, 3],
+             upsample_kernel_sizes=[16, 16, 8, 6], resblock_kernel_sizes=[3, 7],
+             resblock_dilation_sizes=[[1, 3, 5], [1, 2]], leaky_relu_slope=0.2, normalize_before=True)
+FRAMES = 9
+
+
+def _reference(seed: int, weight_norm: bool = False, **overrides):
+    torch.manual_seed(seed)
+    model = transformers.SpeechT5HifiGan(transformers.SpeechT5HifiGanConfig(**{**SMALL, **overrides})).eval()
+    with torch.no_grad():
+        # transformers' init (normal, std 0.01) shrinks the signal at every layer, leaving a ~1e-6 output: give every
+        # convolution a fan-in-scaled init (and biases) so that activations keep their scale and the comparison is
+        # not made on rounding noise.
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
+                w = module.weight
+                fan_in = w.shape[0 if isinstance(module, torch.nn.ConvTranspose1d) else 1] * w.shape[2]
+                w.normal_(0.0, 1.0 / fan_in ** 0.5)
+                module.bias.normal_(0.0, 0.1)
+        model.mean.copy_(torch.randn_like(model.mean))
+        model.scale.copy_(1.0 + torch.rand_like(model.scale))
+    if weight_norm:
+        model.apply_weight_norm()
+    return model
+
+
+@functools.lru_cache(maxsize=None)
+def _vocode(config: VocoderConfig):
+    return jax.jit(lambda params, mel: HifiGanVocoder(config).apply({"params": params}, mel))
+
+
+def _compare(ref, folder, what):
+    config, params = load_vocoder(folder)
+    mel = np.random.default_rng(0).normal(size=(2, FRAMES, SMALL["model_in_dim"])).astype(np.float32)
+    ours = _vocode(config)(params, mel)
+    with torch.no_grad():
+        theirs = ref(torch.from_numpy(mel)).numpy()
+    assert ours.shape == theirs.shape == (2, config.output_length(FRAMES))
+    assert np.abs(theirs).max() > 0.05, "reference output too small to compare"
+    err = assert_close(ours, theirs, what=what)
+    print(f"{what}: relative error {err:.1e}, scale {np.abs(theirs).max():.2f}, std {theirs.std():.2f}")
+    return config
+
+
+def test_waveform_matches_transformers(tmp_path):
+    ref = _reference(0)
+    ref.save_pretrained(tmp_path)
+    config = _compare(ref, tmp_path, "waveform")
+    assert config.normalize_before and config.leaky_relu_slope == 0.2
+    assert config.output_length(FRAMES) == ((((FRAMES * 5 + 1) * 4) * 2) * 3 + 1)
+
+
+def test_weight_norm_checkpoint_is_folded(tmp_path):
+    """A model saved with weight norm applied stores parametrizations.weight.original0/1; they fold to weights."""
+    ref = _reference(1, weight_norm=True)
+    ref.save_pretrained(tmp_path)
+    from safetensors.numpy import load_file
+
+    keys = load_file(str(tmp_path / "model.safetensors")).keys()
+    assert any(k.endswith("parametrizations.weight.original1") for k in keys)
+    _compare(ref, tmp_path, "weight-norm waveform")
+
+
+def test_published_config_length():
+    published = json.loads(open("/work/shared/reference/audioldm2-base/vocoder.json").read())
+    config = VocoderConfig.from_transformers(published)
+    assert config == VocoderConfig() and config.hop_length == 160
+    for frames in (1, 7, 1024):
+        assert config.output_length(frames) == 160 * frames + 32
+
+
+def test_bad_checkpoints(tmp_path):
+    ref = _reference(2, normalize_before=False)
+    ref.save_pretrained(tmp_path / "good")
+    config, params = load_vocoder(tmp_path / "good")
+    assert "mean" not in params and "scale" not in params  # unused buffers are dropped
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    with pytest.raises(CheckpointError, match="config.json"):
+        load_vocoder(bad)
+    saved = json.loads((tmp_path / "good" / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(CheckpointError, match="no weights"):
+        load_vocoder(bad)
+    (bad / "model.safetensors").symlink_to(tmp_path / "good" / "model.safetensors")
+    (bad / "config.json").write_text(json.dumps({**saved, "upsample_initial_channel": 32}))
+    with pytest.raises(CheckpointError, match=r"misshaped[\s\S]*upsampler\.0\.weight"):
+        load_vocoder(bad)
+    (bad / "config.json").write_text(json.dumps({**saved, "upsample_kernel_sizes": [4, 16, 8, 6]}))
+    with pytest.raises(CheckpointError, match="upsample_kernel_sizes"):
+        load_vocoder(bad)
+
+
+def test_fold_legacy_weight_norm():
+    """``torch.nn.utils.weight_norm`` (weight_g / weight_v, g over dim 0) folds to the module's effective weight,
+    for a transposed convolution whose dim 0 is its input channels."""
+    from audioldm2_jax.convert.vocoder import fold_weight_norm
+
+    torch.manual_seed(3)
+    layer = torch.nn.utils.weight_norm(torch.nn.ConvTranspose1d(4, 3, 5))
+    with torch.no_grad():
+        layer.weight_g.mul_(torch.rand_like(layer.weight_g) + 0.5)
+        layer(torch.zeros(1, 4, 2))  # the pre-forward hook recomputes .weight from g and v
+    state = {f"up.{k}": v.detach().numpy() for k, v in layer.state_dict().items()}
+    assert set(state) == {"up.bias", "up.weight_g", "up.weight_v"}
+    folded = fold_weight_norm(state)
+    assert set(folded) == {"up.bias", "up.weight"}
+    np.testing.assert_allclose(folded["up.weight"], layer.weight.detach().numpy(), rtol=1e-6, atol=1e-7)
