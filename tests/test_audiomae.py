@@ -30,7 +30,7 @@ from audioldm2_jax.models.audiomae import (AudioMAEConfig, MaskedAutoencoder, ex
                                            loa_pooling, loa_token_count, masked_patch_loss, patchify, pool_loa,
                                            random_masking, unpatchify)
 
-torch = pytest.importorskip("torch")
+import torch
 
 FRAMES, BINS, PATCH = 256, 128, 16  # a 16 x 8 patch grid: two Swin windows across frequency, four shifts in time
 GRID = (FRAMES // PATCH, BINS // PATCH)

@@ -227,7 +227,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], expected: Mapping, 
     converted value for special layouts (else None for the default). Every missing, unexpected and misshaped key
     is reported in one ``CheckpointError`` that names ``source``.
     """
-    expected_flat = traverse_util.flatten_dict(_plain(expected))
+    expected_flat = traverse_util.flatten_dict(plain_params(expected))
     out: dict[tuple[str, ...], np.ndarray] = {}
     unexpected, misshaped = [], []
     for key, value in state_dict.items():
@@ -262,7 +262,8 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], expected: Mapping, 
     return traverse_util.unflatten_dict(out)
 
 
-def _plain(tree):
+def plain_params(tree):
+    """Unboxed, unfrozen params tree (the ``params`` collection when given full variables)."""
     import flax.linen as nn
 
     tree = nn.unbox(tree)

@@ -1,0 +1,194 @@
+"""Adversarial and reconstruction losses of the VAE and vocoder training stages, as pure functions.
+
+VAE stage (AudioLDM / taming ``LPIPSWithDiscriminator``, PatchGAN logits):
+    d_loss = gan_warmup(step, disc_start) * hinge_d_loss(D(x), D(x_hat))
+    g_loss = hinge_g_loss(D(x_hat))
+    weight = disc_weight * adaptive_gan_weight(*last_layer_grad_norms(...))
+    loss   = nll + kl_weight * kl_loss(mean, logvar) + weight * gan_warmup(step, disc_start) * g_loss
+
+Vocoder stage (HiFi-GAN, MPD and MSD outputs):
+    d_loss = lsgan_d_loss(mpd(y), mpd(y_hat)) + lsgan_d_loss(msd(y), msd(y_hat))
+    g_loss = lsgan_g_loss(...) (both) + feature_matching_loss(...) (both, weight 2) + 45 * mel_l1_loss(mel, mel_hat)
+
+All losses are float32 scalars (inputs are upcast), whatever the compute dtype of the networks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from audioldm2_jax.models.vae import DiagonalGaussian
+
+Logits = jax.Array | Sequence[jax.Array]
+
+
+def _f32(x) -> jax.Array:
+    return jnp.asarray(x).astype(jnp.float32)
+
+
+def _as_list(logits: Logits) -> list[jax.Array]:
+    """One array (one discriminator) or a sequence of them (one per sub-discriminator)."""
+    if isinstance(logits, (list, tuple)):
+        return [_f32(x) for x in logits]
+    return [_f32(logits)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# PatchGAN losses (VAE stage)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def hinge_d_loss(logits_real: jax.Array, logits_fake: jax.Array) -> jax.Array:
+    """Discriminator hinge loss: ``0.5 * (mean(relu(1 - D(x))) + mean(relu(1 + D(x_hat))))``.
+
+    ``logits_*``: any shape (e.g. PatchGAN ``[B, T', F', 1]``); means run over all elements.
+    """
+    real, fake = _f32(logits_real), _f32(logits_fake)
+    return 0.5 * (jnp.mean(jax.nn.relu(1.0 - real)) + jnp.mean(jax.nn.relu(1.0 + fake)))
+
+
+def vanilla_d_loss(logits_real: jax.Array, logits_fake: jax.Array) -> jax.Array:
+    """Non-saturating cross-entropy loss (taming's ``disc_loss="vanilla"``):
+    ``0.5 * (mean(softplus(-D(x))) + mean(softplus(D(x_hat))))``."""
+    real, fake = _f32(logits_real), _f32(logits_fake)
+    return 0.5 * (jnp.mean(jax.nn.softplus(-real)) + jnp.mean(jax.nn.softplus(fake)))
+
+
+def hinge_g_loss(logits_fake: jax.Array) -> jax.Array:
+    """Generator loss paired with the hinge discriminator loss: ``-mean(D(x_hat))``."""
+    return -jnp.mean(_f32(logits_fake))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# HiFi-GAN losses (vocoder stage)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def lsgan_d_loss(logits_real: Logits, logits_fake: Logits) -> jax.Array:
+    """HiFi-GAN's least-squares discriminator loss, summed over sub-discriminators ``k``:
+    ``sum_k mean((1 - D_k(y))^2) + mean(D_k(y_hat)^2)``. ``logits_*``: one array or a list, one per ``k``."""
+    real, fake = _as_list(logits_real), _as_list(logits_fake)
+    if len(real) != len(fake):
+        raise ValueError(f"lsgan_d_loss: {len(real)} real vs {len(fake)} fake discriminator outputs")
+    return sum(jnp.mean(jnp.square(1.0 - r)) + jnp.mean(jnp.square(f)) for r, f in zip(real, fake))
+
+
+def lsgan_g_loss(logits_fake: Logits) -> jax.Array:
+    """HiFi-GAN's least-squares generator loss: ``sum_k mean((1 - D_k(y_hat))^2)``."""
+    return sum(jnp.mean(jnp.square(1.0 - f)) for f in _as_list(logits_fake))
+
+
+def feature_matching_loss(fmaps_real: Any, fmaps_fake: Any, weight: float = 2.0) -> jax.Array:
+    """HiFi-GAN's feature-matching loss: ``weight * sum_{k, l} mean(|F_kl(y) - F_kl(y_hat)|)`` over every
+    sub-discriminator ``k`` and layer ``l`` (``weight = 2`` in HiFi-GAN).
+
+    ``fmaps_*``: the nested lists the discriminators return (any matching pytrees). Gradients flow into both sides;
+    the generator step differentiates with respect to the generator only, so the real side contributes none.
+    """
+    real, fake = jax.tree_util.tree_leaves(fmaps_real), jax.tree_util.tree_leaves(fmaps_fake)
+    if len(real) != len(fake):
+        raise ValueError(f"feature_matching_loss: {len(real)} real vs {len(fake)} fake feature maps")
+    for r, f in zip(real, fake):
+        if r.shape != f.shape:
+            raise ValueError(f"feature_matching_loss: feature map shapes differ: {r.shape} vs {f.shape}")
+    return weight * sum(jnp.mean(jnp.abs(_f32(r) - _f32(f))) for r, f in zip(real, fake))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reconstruction and prior terms
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def mel_l1_loss(mel_real: jax.Array, mel_fake: jax.Array) -> jax.Array:
+    """``mean(|mel - mel_hat|)`` over all elements (HiFi-GAN scales it by 45 in the generator loss)."""
+    return jnp.mean(jnp.abs(_f32(mel_real) - _f32(mel_fake)))
+
+
+def kl_loss(mean: jax.Array, logvar: jax.Array) -> jax.Array:
+    """KL(N(mean, exp(logvar)) || N(0, I)) summed per example, averaged over the batch:
+    ``mean_b 0.5 * sum_i (mu_i^2 + exp(lv_i) - 1 - lv_i)`` (taming's ``sum(posterior.kl()) / B``).
+
+    ``mean``, ``logvar``: ``[B, ...]`` (the VAE posterior's ``[B, h, w, latent]``), used as given (the posterior's
+    own clipping of ``logvar`` happens in ``DiagonalGaussian.from_moments``).
+    """
+    return jnp.mean(DiagonalGaussian(mean=_f32(mean), logvar=_f32(logvar)).kl())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Adaptive adversarial weight (taming's calculate_adaptive_weight) and warm-up
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def adaptive_gan_weight(nll_grad_norm: jax.Array, g_grad_norm: jax.Array, max_weight: float = 1e4) -> jax.Array:
+    """``clip(||grad_W nll|| / (||grad_W g|| + 1e-4), 0, max_weight)``, with no gradient flowing through it.
+
+    ``W`` is the decoder's last layer (``last_layer_grad_norms``). The trainer multiplies the result by its
+    ``disc_weight`` (0.5 in AudioLDM's VAE configs) and ``gan_warmup``.
+    """
+    weight = _f32(nll_grad_norm) / (_f32(g_grad_norm) + 1e-4)
+    return jax.lax.stop_gradient(jnp.clip(weight, 0.0, max_weight))
+
+
+DEFAULT_LAST_LAYER = ("decoder", "conv_out", "kernel")
+
+
+def last_layer_grad_norms(losses_fn: Callable[[Any], tuple[jax.Array, jax.Array]], params: Any,
+                          path: Sequence[str] = DEFAULT_LAST_LAYER) -> tuple[jax.Array, jax.Array]:
+    """``(||d nll / d W||, ||d g_loss / d W||)`` for the single parameter leaf ``W = params[path]``.
+
+    ``losses_fn(params) -> (nll_loss, g_loss)`` (scalars) runs the autoencoder and the discriminator; the default
+    path is ``AutoencoderKL``'s ``decoder/conv_out/kernel``, the layer taming takes the gradients at. Only ``W``
+    is differentiated (``jax.vjp`` over that leaf: one forward pass, one backward pass per loss, each stopping at
+    ``W``). ``params`` may hold Flax partitioning boxes. To avoid re-running the network, pass a ``losses_fn``
+    closing over features already computed (it still receives the full tree, with ``W`` substituted).
+    """
+    path = tuple(path)
+    leaf = _get_leaf(params, path)
+    if isinstance(leaf, nn.meta.AxisMetadata):
+        leaf = leaf.unbox()
+
+    def losses_of_leaf(w):
+        nll, g = losses_fn(_replace_leaf(params, path, w))
+        return _f32(nll), _f32(g)
+
+    (nll, g), pullback = jax.vjp(losses_of_leaf, leaf)
+    one, zero = jnp.ones((), jnp.float32), jnp.zeros((), jnp.float32)
+    (nll_grad,) = pullback((one, zero))
+    (g_grad,) = pullback((zero, one))
+    norm = lambda t: jnp.sqrt(jnp.sum(jnp.square(t.astype(jnp.float32))))
+    return norm(nll_grad), norm(g_grad)
+
+
+def _get_leaf(tree: Any, path: tuple[str, ...]) -> Any:
+    node = tree
+    for i, key in enumerate(path):
+        try:
+            node = node[key]
+        except (KeyError, TypeError):
+            raise KeyError(f"last layer path {'/'.join(path)}: no {key!r} under {'/'.join(path[:i]) or 'root'}"
+                           ) from None
+    return node
+
+
+def _replace_leaf(tree: Any, path: tuple[str, ...], value: Any) -> Any:
+    if not path:
+        return value
+    head, rest = path[0], path[1:]
+    replaced = dict(tree)
+    replaced[head] = _replace_leaf(tree[head], rest, value)
+    return type(tree)(replaced) if not isinstance(tree, dict) else replaced
+
+
+def gan_warmup(step: jax.Array | int, start_step: jax.Array | int) -> jax.Array:
+    """Adversarial factor: ``0.0`` while ``step < start_step``, ``1.0`` from ``start_step`` on (taming's
+    ``adopt_weight``); a float32 scalar, traceable under ``jit`` with a traced ``step``."""
+    return jnp.where(jnp.asarray(step) >= jnp.asarray(start_step), 1.0, 0.0).astype(jnp.float32)
+
+
+__all__ = ["hinge_d_loss", "vanilla_d_loss", "hinge_g_loss", "lsgan_d_loss", "lsgan_g_loss", "feature_matching_loss",
+           "mel_l1_loss", "kl_loss", "adaptive_gan_weight", "last_layer_grad_norms", "gan_warmup",
+           "DEFAULT_LAST_LAYER"]
