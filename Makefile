@@ -20,5 +20,16 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
+# The main job on a fresh machine. Until the training quickstart lands (issue: training), it runs the inference
+# path end to end: a tiny random-weight AudioLDM 2 checkpoint built locally in the diffusers layout (tokenizers
+# included), then sample.py on prompts of the built-in procedural dataset -> WAV + spectrogram PNG + JSON per clip.
+QUICKSTART ?= runs/quickstart
+quickstart: $(STAMP)
+	mkdir -p $(QUICKSTART)
+	$(PY) tests/pipeline_fixtures.py $(QUICKSTART)/checkpoint
+	$(PY) -m audioldm2_jax.data.procedural --count 8 > $(QUICKSTART)/prompts.txt
+	$(PY) sample.py --checkpoint $(QUICKSTART)/checkpoint --prompts-file $(QUICKSTART)/prompts.txt \
+		--duration 1.28 --steps 20 --scheduler dpmsolver++ --out $(QUICKSTART)/samples
+
 clean:
 	rm -rf $(VENV) .pytest_cache runs

@@ -583,3 +583,16 @@ def attribute_vocabulary() -> dict[str, Iterable[str]]:
     """The words a caption can use, per slot (for tokenizer training and tests)."""
     return {"instrument": INSTRUMENT_WORDS, "pattern": PATTERN_WORDS, "tempo": TEMPO_WORDS,
             "envelope": ENVELOPE_WORDS, "notes": NOTE_NAMES, "quality": tuple(CHORD_INTERVALS)}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Print captions of procedural clips, one prompt per line (|name).")
+    parser.add_argument("--count", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--duration", type=float, default=2.56)
+    args = parser.parse_args()
+    rng = np.random.default_rng(args.seed)
+    for i in range(args.count):
+        print(f"{caption_for(sample_attributes(rng, duration=args.duration), rng)}|clip{i:03d}")

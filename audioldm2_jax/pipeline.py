@@ -1,0 +1,882 @@
+"""AudioLDM 2 inference: prompts -> waveforms.
+
+    prompt ─────────► CLAP text tower ───────► [R, 1, 512] ──┐
+    prompt ─────────► FLAN-T5 encoder ───────► [R, L, 1024] ─┼─► projection ─► GPT-2, max_new_tokens greedy
+    (speech: transcription ─► VITS phoneme encoder [R, L, 192])   │               steps ─► LOA [R, N, 768]
+                                                                  │                          │
+    noise [Bn, T/4, 16, 8] ─► T-UNet (LOA stream; T5 stream + mask) x sampler steps, CFG ◄──┘
+        ─► / scaling_factor ─► VAE decoder ─► log-mel [Bn, T, 64] ─► HiFi-GAN ─► waveforms [Bn, samples]
+        ─► (n > 1 per prompt) CLAP audio tower ─► each prompt's waveforms ranked by their score to that prompt
+
+R is the text batch: ``[negative prompts; prompts]`` (2B rows) with classifier-free guidance, B without. Every row
+of the text side is computed once per prompt and repeated for its n waveforms (Bn rows).
+
+Compiled pieces (each lowered and compiled ahead of time, once, then cached on the pipeline):
+- ``encode``: CLAP + T5/VITS + projection + GPT-2 generation, per (text batch, CLAP length, T5 length);
+- ``sample``: the whole denoising loop (``lax.fori_loop`` over the sampler's steps, CFG as one UNet call on the
+  concatenated ``[uncond; cond]`` batch), the VAE decode and the vocoder, per (batch, latent length, steps,
+  sampler, CFG on/off); the guidance scale is an argument, not a constant. The T5 context is zero-padded (mask
+  0) to a fixed length so that prompt lengths do not reach this key: a masked key gets a bias of -10000 in the
+  UNet's cross-attention, so its softmax weight is exactly 0 in float32 and the padding changes nothing;
+- ``clap_audio``: CLAP audio embeddings for ranking, per batch; ``noise``: the initial latents, per batch.
+
+Numerics follow diffusers' ``AudioLDM2Pipeline`` (transformers 5, diffusers 0.42), including its quirks: the
+negative T5 prompt is padded / truncated to the positive prompts' length; the speech models' negative phoneme
+stream is all zeros with a zero mask; the LOA positions run on contiguously after the (padded) prompt. Where the
+reference has a bug it is fixed and said so: waveforms are ranked against their own prompt only.
+
+Noise: prompt p's k-th waveform starts from ``normal(fold_in(key(seed_p), k))`` (``initial_latents``, drawn in a
+small compiled function of its own), so a clip depends on its own seed only, not on the batch it was generated in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from audioldm2_jax.audio.clap_features import (ClapFeatureConfig, clap_input_features, random_crop_starts,
+                                               resample_for_clap)
+from audioldm2_jax.convert.clap import abstract_params as clap_abstract_params
+from audioldm2_jax.convert.clap import load_clap
+from audioldm2_jax.convert.gpt2 import gpt2_param_shapes, load_gpt2
+from audioldm2_jax.convert.projection import load_projection, projection_param_shapes
+from audioldm2_jax.convert.t5 import load_t5, t5_param_shapes
+from audioldm2_jax.convert.unet import load_unet, unet_param_shapes
+from audioldm2_jax.convert.vae import load_vae, vae_param_shapes
+from audioldm2_jax.convert.vits_text import abstract_params as vits_abstract_params
+from audioldm2_jax.convert.vits_text import load_vits_text
+from audioldm2_jax.convert.vocoder import load_vocoder, vocoder_param_shapes
+from audioldm2_jax.convert.weights import CheckpointError, read_config, resolve_checkpoint
+from audioldm2_jax.diffusion import SAMPLER_NAMES, Sampler, make_sampler, sample_loop
+from audioldm2_jax.models.clap import ClapConfig, ClapModel, own_prompt_scores, rank_waveforms
+from audioldm2_jax.models.gpt2 import GPT2Config, GPT2Model, generate_loa
+from audioldm2_jax.models.projection import AudioLDM2ProjectionModel, ProjectionConfig
+from audioldm2_jax.models.t5 import T5Config, T5EncoderModel
+from audioldm2_jax.models.unet import AudioLDM2UNet, UNetConfig, context_dims
+from audioldm2_jax.models.vae import AutoencoderKL, VAEConfig
+from audioldm2_jax.models.vits_text import VitsTextConfig, VitsTextEncoder, mark_end_of_phonemes
+from audioldm2_jax.models.vocoder import HifiGanVocoder, VocoderConfig
+from audioldm2_jax.parallel.partitioning import DEFAULT_RULES, LogicalRules, logical_to_shardings
+
+logger = logging.getLogger(__name__)
+
+Dtype = Any
+
+# Tokenizer classes a checkpoint's model_index.json may name (transformers 5 keeps the *Fast names as aliases).
+TOKENIZER_CLASSES = ("RobertaTokenizer", "RobertaTokenizerFast", "T5Tokenizer", "T5TokenizerFast", "VitsTokenizer",
+                     "AutoTokenizer")
+# Beyond this the tokenizer's model_max_length is the "unset" sentinel, not a real limit.
+_MAX_REAL_TOKENIZER_LENGTH = 4096
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A validated request
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Request:
+    prompts: tuple[str, ...]
+    negative_prompts: tuple[str, ...] | None  # None without guidance
+    transcriptions: tuple[str, ...] | None  # speech models only
+    num_waveforms: int
+    frames: int  # mel frames T (a multiple of the VAE's scale factor)
+    num_samples: int  # output length after the cut to the requested duration
+    sampler: Sampler
+    sampler_key: tuple  # what identifies the sampler's tables: (name, steps, eta)
+    guidance_scale: float
+    seeds: tuple[int, ...]  # one per prompt, reduced to uint32
+    latents: np.ndarray | None  # [Bn, T/f, W, C] channels-last, float32
+    max_new_tokens: int
+
+    @property
+    def cfg(self) -> bool:
+        return self.negative_prompts is not None
+
+    @property
+    def batch(self) -> int:
+        return len(self.prompts) * self.num_waveforms
+
+
+@dataclasses.dataclass
+class Timings:
+    """Wall time of the last call, in seconds. ``compile`` is ahead-of-time lowering + compilation of whatever
+    was not cached yet; the other entries exclude it."""
+
+    compile: float = 0.0
+    encode: float = 0.0
+    sample: float = 0.0
+    rank: float = 0.0
+    total: float = 0.0
+
+    @property
+    def run(self) -> float:
+        return self.total - self.compile
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The pipeline
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class AudioLDM2Pipeline:
+    """Text (and, for the speech checkpoints, transcription) to 16 kHz audio with AudioLDM 2.
+
+    ``AudioLDM2Pipeline.from_pretrained(path_or_hub_id)`` reads a diffusers-layout checkpoint;
+    ``pipe(prompts, ...) -> float32 [B * n, samples]``. See ``__call__``.
+
+    ``dtype`` is the compute dtype of the UNet, the VAE and the vocoder (the 200-step loop and the decoders);
+    parameters stay float32 and the text side (CLAP, T5 / VITS, projection, GPT-2: once per call) computes in
+    float32 whatever ``dtype`` is (FLAN-T5 overflows in float16, and the LOA feeds every UNet step).
+
+    With ``mesh`` (see ``parallel.partitioning.make_mesh``), every parameter is placed by its logical axis names
+    under ``rules`` and the batch is split over the mesh axes of ``act_batch`` when they divide it (otherwise it is
+    replicated, with a log line saying so).
+    """
+
+    def __init__(self, *, unet: tuple[UNetConfig, dict], vae: tuple[VAEConfig, dict],
+                 vocoder: tuple[VocoderConfig, dict], text_encoder: tuple[ClapConfig, dict],
+                 text_encoder_2: tuple[T5Config | VitsTextConfig, dict],
+                 projection_model: tuple[ProjectionConfig, dict], language_model: tuple[GPT2Config, dict],
+                 tokenizer, tokenizer_2,
+                 scheduler_config: Mapping[str, Any], clap_features: ClapFeatureConfig | None = None,
+                 unet_sample_size: int | None = None, dtype: Dtype = jnp.float32, mesh: jax.sharding.Mesh | None = None,
+                 rules: LogicalRules = DEFAULT_RULES):
+        """Each model argument is ``(config, params)`` as its ``convert.load_*`` returns it (with or without the
+        ``"params"`` collection key)."""
+        self.dtype = dtype
+        self.unet_config, self.vae_config = unet[0], vae[0]
+        self.vocoder_config, self.clap_config = vocoder[0], text_encoder[0]
+        self.text_encoder_2_config, self.projection_config = text_encoder_2[0], projection_model[0]
+        self.language_model_config = language_model[0]
+        self.is_speech = isinstance(self.text_encoder_2_config, VitsTextConfig)
+
+        self.unet = AudioLDM2UNet(self.unet_config, dtype=dtype)
+        self.vae = AutoencoderKL(self.vae_config, dtype=dtype)
+        self.vocoder = HifiGanVocoder(self.vocoder_config, dtype=dtype)
+        self.clap = ClapModel(self.clap_config)
+        self.text_encoder_2 = (VitsTextEncoder(self.text_encoder_2_config) if self.is_speech
+                               else T5EncoderModel(self.text_encoder_2_config))
+        self.projection = AudioLDM2ProjectionModel(self.projection_config)
+        self.language_model = GPT2Model(self.language_model_config)
+
+        self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
+        self.scheduler_config = dict(scheduler_config)
+        self.clap_features = clap_features or ClapFeatureConfig()
+        self.unet_sample_size = unet_sample_size
+        self.context_dims = context_dims(self.unet_config)
+        self._check_components()
+
+        self.vae_scale_factor = self.vae_config.downsample_factor
+        self.hop_length = self.vocoder_config.hop_length
+        self.sampling_rate = self.vocoder_config.sampling_rate
+        # The reference's arithmetic, kept in float64 so that durations round to the same frame count.
+        self.seconds_per_frame = float(self.hop_length) / float(self.sampling_rate)
+
+        self.mesh, self.rules = mesh, tuple(rules)
+        variables = {name: _as_variables(value[1]) for name, value in dict(
+            unet=unet, vae=vae, vocoder=vocoder, clap=text_encoder, text_encoder_2=text_encoder_2,
+            projection=projection_model, language_model=language_model).items()}
+        self.params = self._place_params(variables)
+
+        self._compiled: dict[tuple, Callable] = {}
+        self.timings = Timings()
+        self.last_ranking: np.ndarray | None = None
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Loading
+    # ------------------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str | os.PathLike, dtype: Dtype = jnp.float32,
+                        mesh: jax.sharding.Mesh | None = None, rules: LogicalRules = DEFAULT_RULES
+                        ) -> "AudioLDM2Pipeline":
+        """Reads a diffusers-layout checkpoint directory (or downloads a hub id such as ``cvssp/audioldm2``):
+        ``model_index.json`` and the folders ``unet``, ``vae``, ``vocoder``, ``text_encoder`` (CLAP),
+        ``text_encoder_2`` (T5 or VITS), ``projection_model``, ``language_model`` (GPT-2), ``tokenizer``,
+        ``tokenizer_2``, ``scheduler``, ``feature_extractor``. Tokenizers are transformers' classes named in
+        ``model_index.json``. Raises ``CheckpointError`` naming the missing or inconsistent piece."""
+        root = resolve_checkpoint(path_or_hub_id)
+        index_path = root / "model_index.json"
+        if not index_path.is_file():
+            raise CheckpointError(f"{root} has no model_index.json: not a diffusers-layout pipeline checkpoint")
+        index = json.loads(index_path.read_text())
+        for folder in ("unet", "vae", "vocoder", "text_encoder", "text_encoder_2", "projection_model",
+                       "language_model", "tokenizer", "tokenizer_2", "scheduler"):
+            if not (root / folder).is_dir():
+                raise CheckpointError(f"{root}: missing component folder {folder}/")
+
+        te2_type = read_config(root / "text_encoder_2").get("model_type")
+        if te2_type == "vits":
+            text_encoder_2 = load_vits_text(root / "text_encoder_2")
+        elif te2_type in ("t5", "mt5", "umt5", None):
+            text_encoder_2 = load_t5(root / "text_encoder_2")
+        else:
+            raise CheckpointError(f"{root / 'text_encoder_2' / 'config.json'}: model_type={te2_type!r}; expected "
+                                  "'t5' (text-to-audio / music) or 'vits' (speech)")
+
+        scheduler_path = root / "scheduler" / "scheduler_config.json"
+        if not scheduler_path.is_file():
+            raise CheckpointError(f"missing {scheduler_path}")
+        feature_path = root / "feature_extractor" / "preprocessor_config.json"
+        try:
+            clap_features = (ClapFeatureConfig.from_preprocessor_config(json.loads(feature_path.read_text()))
+                             if feature_path.is_file() else ClapFeatureConfig())
+        except ValueError as err:
+            raise CheckpointError(f"{feature_path}: {err}") from err
+
+        return cls(
+            unet=load_unet(root / "unet"), vae=load_vae(root / "vae"), vocoder=load_vocoder(root / "vocoder"),
+            text_encoder=load_clap(root / "text_encoder"), text_encoder_2=text_encoder_2,
+            projection_model=load_projection(root / "projection_model"),
+            language_model=load_gpt2(root / "language_model"),
+            tokenizer=_load_tokenizer(root, "tokenizer", index),
+            tokenizer_2=_load_tokenizer(root, "tokenizer_2", index),
+            scheduler_config=json.loads(scheduler_path.read_text()), clap_features=clap_features,
+            unet_sample_size=read_config(root / "unet").get("sample_size"), dtype=dtype, mesh=mesh, rules=rules)
+
+    def on_mesh(self, mesh: jax.sharding.Mesh | None, rules: LogicalRules = DEFAULT_RULES) -> "AudioLDM2Pipeline":
+        """The same pipeline (shared configs, tokenizers and weights) with its parameters placed over ``mesh``
+        (None: back on the default device), without reading the checkpoint again. Nothing compiled is shared."""
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        other.mesh, other.rules = mesh, tuple(rules)
+        other.params = other._place_params(self.params)
+        other._compiled = {}
+        other.timings = Timings()
+        other.last_ranking = None
+        return other
+
+    def _check_components(self):
+        """The components must fit each other; a checkpoint assembled from mismatched parts fails here, naming
+        the two sizes, rather than deep inside a trace."""
+        problems = []
+        te2_dim = (self.text_encoder_2_config.hidden_size if self.is_speech else self.text_encoder_2_config.d_model)
+        p, lm = self.projection_config, self.language_model_config
+        for what, got, want in (
+                ("projection text_encoder_dim vs CLAP projection_dim", p.text_encoder_dim,
+                 self.clap_config.projection_dim),
+                ("projection text_encoder_1_dim vs text_encoder_2 width", p.text_encoder_1_dim, te2_dim),
+                ("projection langauge_model_dim vs GPT-2 n_embd", p.language_model_dim, lm.n_embd),
+                ("UNet LOA-stream cross_attention_dim vs GPT-2 n_embd", self.context_dims[0], lm.n_embd),
+                ("UNet in_channels vs VAE latent_channels", self.unet_config.in_channels,
+                 self.vae_config.latent_channels),
+                ("VAE out_channels (mel spectrogram channels)", self.vae_config.out_channels, 1)):
+            if got != want:
+                problems.append(f"{what}: {got} != {want}")
+        if self.context_dims[1] is not None and self.context_dims[1] != te2_dim:
+            problems.append(f"UNet T5-stream cross_attention_dim vs text_encoder_2 width: {self.context_dims[1]} != "
+                            f"{te2_dim}")
+        if self.vocoder_config.model_in_dim % self.vae_config.downsample_factor:
+            problems.append(f"vocoder model_in_dim={self.vocoder_config.model_in_dim} is not divisible by the VAE "
+                            f"scale factor {self.vae_config.downsample_factor}")
+        if self.is_speech and not p.use_learned_position_embedding:
+            problems.append("a VITS text_encoder_2 needs a projection model with a learned position table")
+        if problems:
+            raise CheckpointError("pipeline components do not fit together:\n  " + "\n  ".join(problems))
+
+    def _place_params(self, variables: dict[str, dict]) -> dict[str, dict]:
+        """Device arrays: on the default device, or sharded over ``self.mesh`` by logical axis names."""
+        if self.mesh is None:
+            return jax.device_put(variables)
+        abstract = dict(
+            unet={"params": unet_param_shapes(self.unet_config)},
+            vae={"params": vae_param_shapes(self.vae_config)},
+            vocoder={"params": vocoder_param_shapes(self.vocoder_config)},
+            clap=clap_abstract_params(self.clap_config),
+            text_encoder_2=(vits_abstract_params(self.text_encoder_2_config) if self.is_speech
+                            else {"params": t5_param_shapes(self.text_encoder_2_config)}),
+            projection={"params": projection_param_shapes(self.projection_config)},
+            language_model={"params": gpt2_param_shapes(self.language_model_config)})
+        with nn.logical_axis_rules(self.rules):
+            shardings = {name: logical_to_shardings(abstract[name], self.mesh, self.rules) for name in variables}
+        # One device_put for the whole tree, from host arrays: JAX then copies each shard straight to its device
+        # (a device array would be resliced by a small compiled program per shape).
+        return jax.device_put(jax.device_get(variables), shardings)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Derived sizes
+    # ------------------------------------------------------------------------------------------------------------
+
+    @property
+    def min_duration_s(self) -> float:
+        return self.seconds_per_frame * self.vae_scale_factor
+
+    @property
+    def default_duration_s(self) -> float:
+        """The UNet's ``sample_size`` latent frames (10.24 s for the published checkpoints)."""
+        size = self.unet_sample_size or 256
+        return size * self.vae_scale_factor * self.seconds_per_frame
+
+    def frames_for(self, duration_s: float) -> int:
+        """Mel frames for a duration: ``int(duration / 0.01)`` rounded up to the VAE's scale factor (as the
+        reference computes it, so that e.g. 10.24 s, which is 1023.99.. frames in float64, gives 1024)."""
+        frames = int(duration_s / self.seconds_per_frame)
+        if frames % self.vae_scale_factor:
+            frames = int(math.ceil(frames / self.vae_scale_factor)) * self.vae_scale_factor
+        return frames
+
+    def latent_shape(self, batch: int, duration_s: float) -> tuple[int, int, int, int]:
+        """Initial latents in the reference's layout ``[B, C, T/f, mel_bins/f]``."""
+        f = self.vae_scale_factor
+        return (batch, self.unet_config.in_channels, self.frames_for(duration_s) // f,
+                self.vocoder_config.model_in_dim // f)
+
+    def _unet_context_length(self, length: int) -> int:
+        """The fixed length the T5 stream is zero-padded to for the UNet (see the module docstring)."""
+        limit = int(self.tokenizer_2.model_max_length)
+        if limit <= _MAX_REAL_TOKENIZER_LENGTH:
+            return max(limit, length)
+        return -(-length // 64) * 64
+
+    # ------------------------------------------------------------------------------------------------------------
+    # The call
+    # ------------------------------------------------------------------------------------------------------------
+
+    def __call__(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None,
+                 transcription: str | Sequence[str] | None = None, audio_length_in_s: float | None = None,
+                 num_inference_steps: int = 200, guidance_scale: float = 3.5, num_waveforms_per_prompt: int = 1,
+                 scheduler: str = "ddim", eta: float = 0.0, seed: int | Sequence[int] = 0,
+                 latents: np.ndarray | None = None, max_new_tokens: int | None = None) -> np.ndarray:
+        """Generates ``num_waveforms_per_prompt`` waveforms per prompt.
+
+        Args:
+          prompt: one text or a list of B texts.
+          negative_prompt: what to steer away from (one text for all prompts, or B texts); "" when None. Used only
+            with guidance (``guidance_scale > 1``).
+          transcription: the words to speak (speech checkpoints only; required there): one text for all prompts
+            or B texts.
+          audio_length_in_s: duration; the checkpoint's default (10.24 s) when None. Rounded up internally to a
+            multiple of 40 ms and cut back at the end.
+          num_inference_steps, scheduler, eta: sampler ("ddim", "dpmsolver++", "pndm"), its step count, and
+            DDIM's eta (the added noise is then drawn from the first prompt's seed).
+          guidance_scale: classifier-free guidance weight ``g`` in ``uncond + g * (cond - uncond)``; off at <= 1.
+          seed: an int (prompt p uses ``seed + p``) or one int per prompt.
+          latents: initial noise in the reference's layout ``[B * n, C, T/f, mel_bins/f]`` (rows grouped by
+            prompt); drawn from the seeds when None.
+          max_new_tokens: LOA length (the language model config's ``max_new_tokens`` when None).
+
+        Returns:
+          float32 ``[B * n, samples]`` at ``self.sampling_rate``; the n waveforms of prompt p are rows
+          ``p * n .. p * n + n - 1``, best CLAP match first when n > 1.
+        """
+        start = time.perf_counter()
+        self.timings = Timings()
+        request = self._validate(prompt, negative_prompt, transcription, audio_length_in_s, num_inference_steps,
+                                 guidance_scale, num_waveforms_per_prompt, scheduler, eta, seed, latents,
+                                 max_new_tokens)
+        text_embeds, loa, context_1, mask_1 = self._encode(request)
+        waveforms = self._sample(request, loa, context_1, mask_1)
+        if request.num_waveforms > 1:
+            waveforms = self._rank(request, text_embeds, waveforms)
+        self.timings.total = time.perf_counter() - start
+        return waveforms
+
+    def _validate(self, prompt, negative_prompt, transcription, audio_length_in_s, num_inference_steps,
+                  guidance_scale, num_waveforms_per_prompt, scheduler, eta, seed, latents, max_new_tokens
+                  ) -> _Request:
+        """Every check that can fail, before anything is compiled or run."""
+        prompts = _as_texts(prompt, "prompt")
+        if not prompts:
+            raise ValueError("prompt: empty list; give at least one prompt")
+        b = len(prompts)
+        if isinstance(num_waveforms_per_prompt, bool) or not isinstance(num_waveforms_per_prompt, (int, np.integer)) \
+                or num_waveforms_per_prompt < 1:
+            raise ValueError(f"num_waveforms_per_prompt={num_waveforms_per_prompt!r} must be an integer >= 1")
+        n = int(num_waveforms_per_prompt)
+
+        duration = self.default_duration_s if audio_length_in_s is None else audio_length_in_s
+        if isinstance(duration, bool) or not isinstance(duration, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(duration) or duration <= 0:
+            raise ValueError(f"audio_length_in_s={audio_length_in_s!r} must be a positive number of seconds")
+        if duration < self.min_duration_s:
+            raise ValueError(f"audio_length_in_s={duration} is shorter than the shortest clip the model makes, "
+                             f"{self.min_duration_s:g} s (one latent frame)")
+        duration = float(duration)
+        frames = self.frames_for(duration)
+        num_samples = min(int(duration * self.sampling_rate), self.vocoder_config.output_length(frames))
+
+        if self.is_speech:
+            if transcription is None:
+                raise ValueError("this is a speech checkpoint (VITS phoneme encoder): pass transcription=, the "
+                                 "words to speak")
+            transcriptions = _broadcast_texts(transcription, b, "transcription")
+        else:
+            if transcription is not None:
+                raise ValueError("transcription= is only for speech checkpoints (with a VITS phoneme encoder); this "
+                                 "checkpoint's text_encoder_2 is T5")
+            transcriptions = None
+
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale={guidance_scale!r} must be a finite number")
+        cfg = guidance_scale > 1.0
+        negatives = None
+        if cfg:
+            negatives = ("",) * b if negative_prompt is None else _broadcast_texts(negative_prompt, b,
+                                                                                    "negative_prompt")
+        if scheduler not in SAMPLER_NAMES:
+            raise ValueError(f"scheduler={scheduler!r} is unknown; valid names: {', '.join(SAMPLER_NAMES)}")
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) \
+                or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps={num_inference_steps!r} must be an integer >= 1")
+        sampler = make_sampler(scheduler, self.scheduler_config, int(num_inference_steps), eta=eta)
+
+        if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+            seeds = tuple((int(seed) + p) % 2 ** 32 for p in range(b))
+        else:
+            seeds = tuple(int(s) % 2 ** 32 for s in seed)
+            if len(seeds) != b:
+                raise ValueError(f"seed: {len(seeds)} seeds for {b} prompts; give one int or one per prompt")
+
+        if latents is not None:
+            latents = np.asarray(latents)
+            want = self.latent_shape(b * n, duration)
+            if latents.shape != want:
+                raise ValueError(f"latents have shape {latents.shape}; {b} prompt(s) x {n} waveform(s) of "
+                                 f"{duration:g} s need {want} ([B * n, channels, frames / "
+                                 f"{self.vae_scale_factor}, mel bins / {self.vae_scale_factor}])")
+            latents = np.ascontiguousarray(latents.transpose(0, 2, 3, 1), np.float32)
+
+        if max_new_tokens is None:
+            max_new_tokens = self.language_model_config.max_new_tokens
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
+                or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 1")
+        return _Request(prompts=prompts, negative_prompts=negatives, transcriptions=transcriptions, num_waveforms=n,
+                        frames=frames, num_samples=num_samples, sampler=sampler,
+                        sampler_key=(scheduler, int(num_inference_steps), float(eta)),
+                        guidance_scale=float(guidance_scale), seeds=seeds, latents=latents,
+                        max_new_tokens=int(max_new_tokens))
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Text side
+    # ------------------------------------------------------------------------------------------------------------
+
+    def tokenize(self, request: _Request) -> dict[str, np.ndarray]:
+        """Token ids and masks for the text batch ``[negatives; prompts]`` (or the prompts alone).
+
+        CLAP: truncated at the tokenizer's ``model_max_length`` as the reference does, but padded only to the
+        longest row rounded up to 16 (the reference pads to ``model_max_length``; padded keys have zero attention
+        weight, so the pooled output is the same). T5: prompts padded to the longest (at most ``model_max_length``),
+        negatives padded or truncated to that same length, as the reference. VITS: transcriptions padded to
+        ``model_max_length`` with the end-of-phonemes mark (negatives get no phonemes at all).
+        """
+        texts = (request.negative_prompts or ()) + request.prompts
+        tok = self.tokenizer
+        clap = tok(list(texts), padding="longest", truncation=True, max_length=tok.model_max_length,
+                   return_tensors="np")
+        clap_ids, clap_mask = np.asarray(clap["input_ids"]), np.asarray(clap["attention_mask"])
+        length = min(-(-clap_ids.shape[1] // 16) * 16, max(int(tok.model_max_length), clap_ids.shape[1]))
+        if length > clap_ids.shape[1]:
+            pad = ((0, 0), (0, length - clap_ids.shape[1]))
+            clap_ids = np.pad(clap_ids, pad, constant_values=tok.pad_token_id)
+            clap_mask = np.pad(clap_mask, pad)
+        out = dict(clap_ids=clap_ids.astype(np.int32), clap_mask=clap_mask.astype(np.int32))
+
+        tok2 = self.tokenizer_2
+        if self.is_speech:
+            phonemes = tok2(list(request.transcriptions), padding="max_length", truncation=True,
+                            max_length=tok2.model_max_length, return_tensors="np")
+            ids, mask = mark_end_of_phonemes(np.asarray(phonemes["input_ids"]), np.asarray(phonemes["attention_mask"]))
+        else:
+            pos = tok2(list(request.prompts), padding="longest", truncation=True, max_length=tok2.model_max_length,
+                       return_tensors="np")
+            ids, mask = np.asarray(pos["input_ids"]), np.asarray(pos["attention_mask"])
+            if request.cfg:
+                neg = tok2(list(request.negative_prompts), padding="max_length", truncation=True,
+                           max_length=ids.shape[1], return_tensors="np")
+                ids = np.concatenate([np.asarray(neg["input_ids"]), ids])
+                mask = np.concatenate([np.asarray(neg["attention_mask"]), mask])
+        out.update(ids_2=ids.astype(np.int32), mask_2=mask.astype(np.int32))
+        return out
+
+    def _encode_fn(self, num_negative: int, max_new_tokens: int):
+        """The compiled text side: ``(params, clap_ids, clap_mask, ids_2, mask_2) -> (text_embeds [R, P],
+        context_1 [R, L, D1], mask_1 [R, L], loa [R, N, D])``."""
+        clap, te2, projection, lm = self.clap, self.text_encoder_2, self.projection, self.language_model
+        speech = self.is_speech
+
+        def encode(params, clap_ids, clap_mask, ids_2, mask_2):
+            text = clap.apply(params["clap"], clap_ids, clap_mask, method=ClapModel.get_text_features)
+            if speech:
+                hidden = te2.apply(params["text_encoder_2"], ids_2, mask_2).last_hidden_state
+                mask = mask_2
+                if num_negative:  # the reference's negative phoneme stream: zeros, fully masked
+                    hidden = jnp.concatenate([jnp.zeros((num_negative,) + hidden.shape[1:], hidden.dtype), hidden])
+                    mask = jnp.concatenate([jnp.zeros((num_negative, mask.shape[1]), mask.dtype), mask])
+            else:
+                hidden = te2.apply(params["text_encoder_2"], ids_2, mask_2)
+                mask = mask_2
+            ones = jnp.ones((text.shape[0], 1), mask.dtype)  # CLAP's single pooled token is always attended
+            prompt, prompt_mask = projection.apply(params["projection"], text[:, None, :], hidden, ones, mask)
+            loa = generate_loa(lm, params["language_model"]["params"], prompt, prompt_mask, max_new_tokens)
+            return text, hidden, mask, loa
+
+        return encode
+
+    def _encode(self, request: _Request):
+        """Runs the text side once per prompt (and negative prompt); returns host arrays ``(text_embeds [B, P],
+        loa [R * n, N, D], context_1 [R * n, Lc, D1] | None, mask_1 [R * n, Lc] | None)`` with every row repeated
+        for its n waveforms and the T5 stream zero-padded to the UNet's fixed context length."""
+        tokens = self.tokenize(request)
+        num_negative = len(request.prompts) if request.cfg else 0
+        fn = self._encode_fn(num_negative, request.max_new_tokens)
+        args = (self.params, tokens["clap_ids"], tokens["clap_mask"], tokens["ids_2"], tokens["mask_2"])
+        key = ("encode", num_negative, request.max_new_tokens) + tuple(tokens[k].shape for k in sorted(tokens))
+        batch = tokens["clap_ids"].shape[0]
+        start, compile_before = time.perf_counter(), self.timings.compile
+        with self._mesh_context(batch) as put:
+            args = (args[0],) + tuple(put(a) for a in args[1:])
+            compiled = self._compile(key, fn, args)
+            text, hidden, mask, loa = jax.device_get(compiled(*args))
+        self.timings.encode += time.perf_counter() - start - (self.timings.compile - compile_before)
+
+        n = request.num_waveforms
+        repeat = lambda x: np.repeat(np.asarray(x), n, axis=0)  # rows p*n .. p*n+n-1 belong to prompt p
+        text_embeds = np.asarray(text)[num_negative:]
+        if self.context_dims[1] is None:  # the UNet attends to the LOA stream only (speech checkpoints)
+            return text_embeds, repeat(loa), None, None
+        length = self._unet_context_length(hidden.shape[1])
+        pad = length - hidden.shape[1]
+        hidden = np.pad(np.asarray(hidden, np.float32), ((0, 0), (0, pad), (0, 0)))
+        mask = np.pad(np.asarray(mask, np.int32), ((0, 0), (0, pad)))
+        return text_embeds, repeat(loa), repeat(hidden), repeat(mask)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Sampling, decoding
+    # ------------------------------------------------------------------------------------------------------------
+
+    def initial_latents(self, seeds: Sequence[int], num_waveforms: int, frames: int) -> np.ndarray:
+        """The noise the pipeline starts from when no latents are given, channels-last ``[B * n, T/f, W, C]``:
+        row ``p * n + k`` is ``normal(fold_in(key(seeds[p]), k))``, so it depends on its own seed and index only."""
+        f = self.vae_scale_factor
+        shape = (frames // f, self.vocoder_config.model_in_dim // f, self.unet_config.in_channels)
+
+        def draw(seeds, index):
+            one = lambda row: jax.random.normal(jax.random.fold_in(jax.random.key(row[0]), row[1]), shape,
+                                                jnp.float32)
+            # lax.map, not vmap: batched draws of the non-default PRNG implementations (rbg) differ from one-by-one
+            # draws, and a row's noise must not depend on the batch around it.
+            return jax.lax.map(one, (seeds, index))
+
+        seeds = np.repeat(np.asarray(seeds, np.uint32), num_waveforms)
+        index = np.tile(np.arange(num_waveforms, dtype=np.uint32), len(seeds) // num_waveforms)
+        compiled = self._compile(("noise", len(seeds)) + shape, draw, (seeds, index))
+        return np.asarray(compiled(seeds, index))
+
+    def _sample_fn(self, sampler: Sampler, cfg: bool, num_samples: int):
+        """The compiled loop: ``(params, latents [Bn, T/f, W, C], loop_seed, loa [R, N, D], context_1 [R, L, D1],
+        mask_1 [R, L], guidance) -> waveforms [Bn, num_samples]``; R = 2 Bn with guidance (``[uncond; cond]``),
+        else Bn."""
+        unet, vae, vocoder = self.unet, self.vae, self.vocoder
+        scaling = float(self.vae_config.scaling_factor)
+
+        def run(params, latents, loop_seed, loa, context_1, mask_1, guidance):
+            x = latents.astype(jnp.float32) * sampler.init_noise_sigma
+
+            def denoise(x, t):
+                unet_in = jnp.concatenate([x, x]) if cfg else x
+                eps = unet.apply(params["unet"], unet_in, t, loa, None, context_1, mask_1).astype(jnp.float32)
+                if not cfg:
+                    return eps
+                uncond, cond = jnp.split(eps, 2)
+                return uncond + guidance * (cond - uncond)
+
+            x = sample_loop(sampler, denoise, x, jax.random.key(loop_seed))
+            mel = vae.apply(params["vae"], x / scaling, method=AutoencoderKL.decode)  # [Bn, T, mel_bins, 1]
+            waveforms = vocoder.apply(params["vocoder"], mel[..., 0])
+            return waveforms[:, :num_samples].astype(jnp.float32)
+
+        return run
+
+    def _sample(self, request: _Request, loa, context_1, mask_1) -> np.ndarray:
+        start = time.perf_counter()
+        compile_before = self.timings.compile
+        latents = request.latents
+        if latents is None:
+            latents = self.initial_latents(request.seeds, request.num_waveforms, request.frames)
+        fn = self._sample_fn(request.sampler, request.cfg, request.num_samples)
+        # DDIM's eta noise (if any) comes from the first prompt's seed, on a stream apart from the latents'.
+        loop_seed = np.uint32((request.seeds[0] + 0x9E3779B9) % 2 ** 32)
+        ctx_shape = None if context_1 is None else context_1.shape
+        key = ("sample", request.batch, request.frames, request.sampler_key, request.cfg, request.num_samples,
+               ctx_shape, loa.shape)
+        with self._mesh_context(request.batch) as put:
+            args = (self.params, put(latents), put(loop_seed, batched=False), put(loa), put(context_1), put(mask_1),
+                    put(np.float32(request.guidance_scale), batched=False))
+            compiled = self._compile(key, fn, args)
+            waveforms = np.asarray(jax.device_get(compiled(*args)), np.float32)
+        self.timings.sample += time.perf_counter() - start - (self.timings.compile - compile_before)
+        return waveforms
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Ranking
+    # ------------------------------------------------------------------------------------------------------------
+
+    def clap_audio_embeddings(self, waveforms: np.ndarray, seed: int = 0) -> np.ndarray:
+        """L2-normalised CLAP audio embeddings ``[B, P]`` of waveforms ``[B, N]`` at ``self.sampling_rate``
+        (resampled to CLAP's rate; clips longer than its window are cropped at offsets drawn from ``seed``)."""
+        cfg = self.clap_features
+        audio = resample_for_clap(np.asarray(waveforms, np.float32), self.sampling_rate, cfg.sampling_rate)
+        crops = random_crop_starts([audio.shape[-1]] * audio.shape[0], cfg, np.random.RandomState(seed))
+        features = clap_input_features(audio, cfg, crops)
+        clap = self.clap
+
+        def embed(params, feats):
+            return clap.apply(params["clap"], feats, method=ClapModel.get_audio_features)
+
+        with self._mesh_context(features.shape[0]) as put:
+            args = (self.params, put(features))
+            compiled = self._compile(("clap_audio",) + features.shape, embed, args)
+            return np.asarray(jax.device_get(compiled(*args)))
+
+    def _rank(self, request: _Request, text_embeds: np.ndarray, waveforms: np.ndarray) -> np.ndarray:
+        """Each prompt's waveforms, best CLAP match to that prompt first (the reference compares every waveform
+        with every prompt and can hand one prompt another's audio; here a prompt only ranks its own)."""
+        start, compile_before = time.perf_counter(), self.timings.compile
+        audio_embeds = self.clap_audio_embeddings(waveforms, request.seeds[0])
+        order = np.asarray(rank_waveforms(own_prompt_scores(jnp.asarray(text_embeds), jnp.asarray(audio_embeds))))
+        self.last_ranking = order
+        self.timings.rank += time.perf_counter() - start - (self.timings.compile - compile_before)
+        return waveforms[order]
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Compilation and placement
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _compile(self, key: tuple, fn: Callable, args: tuple) -> Callable:
+        """``jax.jit(fn)`` lowered and compiled for ``args`` once per ``key``; the compile time is recorded apart."""
+        if key not in self._compiled:
+            start = time.perf_counter()
+            self._compiled[key] = jax.jit(fn).lower(*args).compile()
+            seconds = time.perf_counter() - start
+            self.timings.compile += seconds
+            logger.info("compiled %s in %.1f s", key[0], seconds)
+        return self._compiled[key]
+
+    @contextlib.contextmanager
+    def _mesh_context(self, batch: int):
+        """Yields ``put(array, batched=True)``, which places an input: on the default device without a mesh; under
+        a mesh split over the batch axes when they divide ``batch`` (replicated otherwise). Traces and runs inside
+        the mesh and the logical-axis rules."""
+        if self.mesh is None:
+            yield lambda x, batched=True: None if x is None else jnp.asarray(x)
+            return
+        axes = _batch_mesh_axes(self.rules, self.mesh)
+        size = int(np.prod([self.mesh.shape[a] for a in axes])) if axes else 1
+        rules = self.rules
+        if size > 1 and batch % size:
+            logger.warning("batch %d does not divide over the mesh's batch axes %s (size %d): replicating it; use a "
+                           "batch that is a multiple of %d to split it", batch, axes, size, size)
+            rules = tuple((name, None if name == "act_batch" else target) for name, target in self.rules)
+            axes = ()
+        split = NamedSharding(self.mesh, PartitionSpec(axes if axes else None))
+        whole = NamedSharding(self.mesh, PartitionSpec())
+
+        def put(x, batched=True):
+            if x is None:
+                return None
+            return jax.device_put(np.asarray(x), split if batched else whole)
+
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(rules):
+            yield put
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _as_variables(params: dict) -> dict:
+    """``{"params": tree}`` whether a loader returned the tree or the variables dict."""
+    return params if set(params) == {"params"} else {"params": params}
+
+
+def _as_texts(value, name: str) -> tuple[str, ...]:
+    texts = (value,) if isinstance(value, str) else value
+    if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
+        raise ValueError(f"{name} must be a string or a list of strings, got {type(value).__name__}")
+    return tuple(texts)
+
+
+def _broadcast_texts(value, count: int, name: str) -> tuple[str, ...]:
+    """One text for every prompt, or exactly one per prompt."""
+    if isinstance(value, str):
+        return (value,) * count
+    texts = _as_texts(value, name)
+    if len(texts) != count:
+        raise ValueError(f"{name}: {len(texts)} entries for {count} prompts; give one text or one per prompt")
+    return texts
+
+
+def _batch_mesh_axes(rules: LogicalRules, mesh) -> tuple[str, ...]:
+    """The mesh axes the rules map ``act_batch`` to (those present in ``mesh``)."""
+    for name, target in rules:
+        if name == "act_batch":
+            targets = (target,) if isinstance(target, str) else tuple(target or ())
+            return tuple(a for a in targets if a in mesh.shape)
+    return ()
+
+
+def _load_tokenizer(root: Path, folder: str, index: Mapping[str, Any]):
+    import transformers
+
+    entry = index.get(folder)
+    name = entry[1] if isinstance(entry, (list, tuple)) and len(entry) == 2 else "AutoTokenizer"
+    if name not in TOKENIZER_CLASSES:
+        raise CheckpointError(f"{root / 'model_index.json'}: {folder} class {name!r} is not a supported tokenizer "
+                              f"({', '.join(TOKENIZER_CLASSES)})")
+    try:
+        return getattr(transformers, name).from_pretrained(str(root / folder))
+    except Exception as err:  # transformers' own message names the missing file
+        raise CheckpointError(f"cannot load {name} from {root / folder}: {err}") from err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Batch jobs (sample.py): prompts in, one WAV + spectrogram PNG + settings JSON per clip out
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+    """One prompt of a batch job; ``name`` is the output file stem."""
+
+    prompt: str
+    name: str
+    transcription: str | None = None
+
+
+def read_prompts(prompts: Sequence[str] = (), prompts_file: str | os.PathLike | None = None) -> list[Clip]:
+    """Prompts from the command line, then from a file with one prompt per line as ``prompt`` or ``prompt|name``
+    (``prompt|name|transcription`` for speech); blank lines and lines starting with ``#`` are skipped. Names
+    default to ``NNNN_first-words``; they are made file-safe and unique."""
+    entries: list[tuple[str, str | None, str | None]] = [(p, None, None) for p in prompts]
+    if prompts_file is not None:
+        path = Path(prompts_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"prompts file {path} does not exist")
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            fields = [f.strip() for f in line.split("|")]
+            if len(fields) > 3 or not fields[0]:
+                raise ValueError(f"{path}:{number}: expected 'prompt', 'prompt|name' or 'prompt|name|transcription'")
+            fields += [None] * (3 - len(fields))
+            entries.append((fields[0], fields[1] or None, fields[2] or None))
+    if not entries:
+        raise ValueError("no prompts: pass --prompt (repeatable) or --prompts-file")
+    clips, used = [], set()
+    for i, (prompt, name, transcription) in enumerate(entries):
+        stem = _file_safe(name) if name else f"{i:04d}_{_file_safe(prompt)[:40]}"
+        unique, k = stem, 1
+        while unique in used:
+            unique, k = f"{stem}_{k}", k + 1
+        used.add(unique)
+        clips.append(Clip(prompt, unique, transcription))
+    return clips
+
+
+def _file_safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text.strip()).strip("-").lower() or "clip"
+
+
+def save_spectrogram_png(path: str | os.PathLike, waveform: np.ndarray, title: str = "") -> None:
+    """The clip's 64-bin log-mel spectrogram (the model's own front end) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from audioldm2_jax.audio.mel import HOP_LENGTH, SAMPLE_RATE, log_mel_spectrogram
+
+    mel = log_mel_spectrogram(waveform)  # [T, 64]
+    fig, ax = plt.subplots(figsize=(max(4.0, mel.shape[0] / 100), 3), dpi=100)
+    ax.imshow(mel.T, origin="lower", aspect="auto", cmap="magma",
+              extent=(0, mel.shape[0] * HOP_LENGTH / SAMPLE_RATE, 0, mel.shape[1]))
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("mel bin")
+    if title:
+        ax.set_title(title[:80], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run_sampling_job(pipe: AudioLDM2Pipeline, clips: Sequence[Clip], out_dir: str | os.PathLike, *,
+                     batch_size: int = 4, num_waveforms_per_prompt: int = 1, seed: int = 0,
+                     negative_prompt: str | None = None, transcription: str | None = None,
+                     progress: bool = True, **call_kwargs) -> dict[str, float]:
+    """Generates every clip in batches of ``batch_size`` prompts and writes, per waveform, ``NAME.wav`` (16-bit),
+    ``NAME.png`` (log-mel spectrogram) and ``NAME.json`` (settings). With several waveforms per prompt the files
+    are ``NAME_k`` (k = 0 the best CLAP match).
+
+    Clip i uses seed ``seed + i`` whatever the batching. A short last batch is padded with its last prompt so that
+    every batch has the same shape (one compilation); the padding's audio is discarded.
+    ``call_kwargs`` go to the pipeline (``audio_length_in_s``, ``num_inference_steps``, ``guidance_scale``,
+    ``scheduler``, ...). Returns totals: ``audio_s``, ``wall_s`` (excluding compilation), ``compile_s``.
+    """
+    from tqdm import tqdm
+
+    from audioldm2_jax.audio.io import write_wav
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    if not clips:
+        raise ValueError("no prompts to generate")
+    # Checked for every clip before the first batch runs.
+    words = [c.transcription or transcription for c in clips]
+    if pipe.is_speech and None in words:
+        missing = clips[words.index(None)].prompt
+        raise ValueError(f"speech checkpoint: no transcription for prompt {missing!r} (use --transcription or a "
+                         "'prompt|name|transcription' line)")
+    if not pipe.is_speech and any(w is not None for w in words):
+        raise ValueError("a transcription was given, but this checkpoint has no phoneme encoder (text_encoder_2 is "
+                         "T5): transcriptions are for the speech checkpoints")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    totals = dict(audio_s=0.0, wall_s=0.0, compile_s=0.0, clips=0)
+    bar = tqdm(total=len(clips) * num_waveforms_per_prompt, unit="clip", disable=not progress)
+    for start in range(0, len(clips), batch_size):
+        batch = list(clips[start:start + batch_size])
+        real = len(batch)
+        batch += [batch[-1]] * (min(batch_size, len(clips)) - real)  # same shape as the other batches
+        seeds = [seed + start + i for i in range(len(batch))]
+        transcriptions = [c.transcription or transcription for c in batch] if pipe.is_speech else None
+        waveforms = pipe([c.prompt for c in batch], negative_prompt=negative_prompt, transcription=transcriptions,
+                         num_waveforms_per_prompt=num_waveforms_per_prompt, seed=seeds, **call_kwargs)
+        t = pipe.timings
+        totals["wall_s"] += t.run
+        totals["compile_s"] += t.compile
+        for i, clip in enumerate(batch[:real]):
+            for k in range(num_waveforms_per_prompt):
+                wave = waveforms[i * num_waveforms_per_prompt + k]
+                stem = clip.name if num_waveforms_per_prompt == 1 else f"{clip.name}_{k}"
+                write_wav(out / f"{stem}.wav", wave, pipe.sampling_rate)
+                save_spectrogram_png(out / f"{stem}.png", wave, clip.prompt)
+                settings = dict(prompt=clip.prompt, negative_prompt=negative_prompt,
+                                transcription=transcriptions[i] if transcriptions else None, seed=seeds[i],
+                                rank=k, num_waveforms_per_prompt=num_waveforms_per_prompt,
+                                sampling_rate=pipe.sampling_rate, num_samples=int(wave.shape[0]),
+                                duration_s=wave.shape[0] / pipe.sampling_rate, **call_kwargs)
+                (out / f"{stem}.json").write_text(json.dumps(settings, indent=2, default=str) + "\n")
+                totals["audio_s"] += wave.shape[0] / pipe.sampling_rate
+                totals["clips"] += 1
+            bar.update(num_waveforms_per_prompt)
+    bar.close()
+    return totals

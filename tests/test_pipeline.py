@@ -1,0 +1,141 @@
+"""AudioLDM2Pipeline end to end against diffusers' AudioLDM2Pipeline on a tiny random-weight text-to-audio
+checkpoint (every UNet routing), given the same initial latents: DDIM and DPM-Solver++ with classifier-free
+guidance and negative prompts, CLAP ranking of several waveforms per prompt, seeded noise, and bad input."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_close
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+from pipeline_fixtures import reference_latents, tiny_checkpoint
+
+from audioldm2_jax import AudioLDM2Pipeline
+from audioldm2_jax.audio.clap_features import clap_input_features, resample_for_clap
+
+# The second prompt is longer than the T5 tokenizer's 16 tokens (truncated, and it sets the batch's T5 length) and
+# than CLAP's 24; the negatives pad / truncate to the prompts' T5 length as in the reference.
+PROMPTS = ["a dog barks", "rain falls on a tin roof while thunder rolls over the hills and a cat purrs by the fire"]
+NEGATIVES = ["", "birds sing at dawn"]
+# 36 mel frames: an odd latent height (9) exercises the UNet's forced upsampling size; the vocoder's 5792 samples
+# are cut to 0.36 s = 5760.
+DURATION = 0.36
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("tiny-text"), "text")
+
+
+@pytest.fixture(scope="module")
+def pipe(checkpoint):
+    return AudioLDM2Pipeline.from_pretrained(checkpoint[0])
+
+
+def run_reference(reference, scheduler_class, latents, **kwargs):
+    reference.scheduler = scheduler_class.from_config(reference.scheduler.config)
+    with torch.no_grad():
+        return reference(audio_length_in_s=DURATION, num_inference_steps=STEPS, latents=torch.from_numpy(latents),
+                         output_type="np", **kwargs).audios
+
+
+def test_ddim_with_negative_prompts_and_ranking(checkpoint, pipe, monkeypatch):
+    """DDIM, guidance 3.5 with negative prompts, two prompts x two waveforms: our ranked output is the reference's
+    unranked output reordered by the reference ClapModel's score of each waveform against its own prompt."""
+    _, reference = checkpoint
+    latents = reference_latents(4, DURATION, seed=2)
+    # The reference's own ranking can hand a prompt another prompt's waveform; take its audio unranked.
+    monkeypatch.setattr(reference, "score_waveforms", lambda text, audio, **kwargs: audio)
+    unranked = run_reference(reference, DDIMScheduler, latents, prompt=PROMPTS, negative_prompt=NEGATIVES,
+                             num_waveforms_per_prompt=2)
+    ours = pipe(PROMPTS, negative_prompt=NEGATIVES, audio_length_in_s=DURATION, num_inference_steps=STEPS,
+                num_waveforms_per_prompt=2, latents=latents)
+    assert ours.dtype == np.float32 and ours.shape == unranked.shape == (4, 5760)
+
+    features = clap_input_features(resample_for_clap(unranked, 16000, pipe.clap_features.sampling_rate),
+                                   pipe.clap_features)
+    tokens = reference.tokenizer(PROMPTS, padding=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = reference.text_encoder(**tokens, input_features=torch.from_numpy(features)[:, None]).logits_per_text
+    own = np.stack([logits.numpy()[p, 2 * p:2 * p + 2] for p in range(2)])  # [prompt, its waveforms]
+    order = np.concatenate([2 * p + np.argsort(-own[p], kind="stable") for p in range(2)])
+    print(f"own-prompt scores {own.tolist()}, order {order.tolist()}")
+    np.testing.assert_array_equal(pipe.last_ranking, order)
+    assert sorted(order[:2]) == [0, 1] and sorted(order[2:]) == [2, 3]
+
+    expected = unranked[order]
+    err = assert_close(ours, expected, rel=1e-4, what="waveforms (ddim, ranked)")
+    print(f"ddim: max abs error {np.abs(ours - expected).max():.2e} (scale {np.abs(expected).max():.3f}, "
+          f"relative {err:.1e}); timings {pipe.timings}")
+    assert expected.std() > 0.05  # the comparison is not made on silence
+
+
+def test_dpm_solver_matches_diffusers(checkpoint, pipe):
+    """DPM-Solver++ with the default negative prompt ("") and another guidance scale."""
+    _, reference = checkpoint
+    latents = reference_latents(2, DURATION, seed=1)
+    expected = run_reference(reference, DPMSolverMultistepScheduler, latents, prompt=PROMPTS, guidance_scale=2.5)
+    ours = pipe(PROMPTS, audio_length_in_s=DURATION, num_inference_steps=STEPS, guidance_scale=2.5,
+                scheduler="dpmsolver++", latents=latents)
+    assert ours.shape == expected.shape == (2, 5760)
+    err = assert_close(ours, expected, rel=1e-4, what="waveform (dpmsolver++)")
+    print(f"dpmsolver++: max abs error {np.abs(ours - expected).max():.2e} (scale {np.abs(expected).max():.3f}, "
+          f"relative {err:.1e}); timings {pipe.timings}")
+    # The guidance scale is a traced argument (no recompilation) and the conditioning reaches the audio.
+    compiled = len(pipe._compiled)
+    other = pipe(PROMPTS, negative_prompt=NEGATIVES, audio_length_in_s=DURATION, num_inference_steps=STEPS,
+                 guidance_scale=3.5, scheduler="dpmsolver++", latents=latents)
+    assert len(pipe._compiled) == compiled and pipe.timings.compile == 0.0
+    assert np.abs(other[1] - ours[1]).max() > 1e-2
+
+
+def test_seeded_noise(pipe):
+    """Without latents the noise comes from the seeds: reproducible, and each clip's from its own seed only."""
+    kwargs = dict(audio_length_in_s=DURATION, num_inference_steps=STEPS, scheduler="dpmsolver++")
+    first = pipe(PROMPTS, seed=11, **kwargs)
+    again = pipe(PROMPTS, seed=[11, 12], **kwargs)  # an int seed s means s + p for prompt p
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(pipe(PROMPTS, seed=13, **kwargs) - first).max() > 1e-2
+    frames = pipe.frames_for(DURATION)
+    pair = pipe.initial_latents([11, 12], 2, frames)
+    alone = pipe.initial_latents([12], 2, frames)
+    np.testing.assert_array_equal(pair[2:], alone)
+    assert pair.shape == (4, 9, 4, 8) and abs(float(pair.std()) - 1.0) < 0.1
+    assert np.abs(pair[0] - pair[1]).max() > 0.5  # the waveforms of one prompt start from different noise
+
+
+def test_bad_input_fails_before_compiling(pipe, monkeypatch):
+    def no_compile(*args, **kwargs):
+        raise AssertionError("compilation started before the input was checked")
+
+    monkeypatch.setattr(pipe, "_compile", no_compile)
+    cases = [
+        (dict(prompt=[]), "empty"),
+        (dict(prompt=PROMPTS, audio_length_in_s=0.0), "positive"),
+        (dict(prompt=PROMPTS, audio_length_in_s=-2.0), "positive"),
+        (dict(prompt=PROMPTS, audio_length_in_s=0.01), "shorter than"),
+        (dict(prompt=PROMPTS, num_waveforms_per_prompt=0), "num_waveforms_per_prompt"),
+        (dict(prompt=PROMPTS, transcription="hello"), "speech"),
+        (dict(prompt=PROMPTS, latents=np.zeros((2, 8, 10, 4), np.float32)), r"latents have shape.*\(2, 8, 9, 4\)"),
+        (dict(prompt=PROMPTS, num_waveforms_per_prompt=2, latents=np.zeros((2, 8, 9, 4), np.float32)),
+         r"\(4, 8, 9, 4\)"),
+        (dict(prompt=PROMPTS, scheduler="euler"), "unknown.*ddim"),
+        (dict(prompt=PROMPTS, scheduler="dpmsolver++", eta=0.5), "eta"),
+        (dict(prompt=PROMPTS, negative_prompt=["a", "b", "c"]), "negative_prompt: 3 entries for 2 prompts"),
+        (dict(prompt=PROMPTS, seed=[1, 2, 3]), "seed"),
+        (dict(prompt=PROMPTS, num_inference_steps=0), "num_inference_steps"),
+        (dict(prompt=PROMPTS, max_new_tokens=0), "max_new_tokens"),
+        (dict(prompt=[1, 2]), "prompt must be"),
+    ]
+    for kwargs, message in cases:
+        kwargs.setdefault("audio_length_in_s", DURATION)
+        with pytest.raises(ValueError, match=message):
+            pipe(**kwargs)
+
+
+def test_durations_round_as_the_reference(pipe):
+    # 10.24 s is 1023.99.. frames in float64: int() gives 1023, rounded up to 1024 (as diffusers computes it).
+    assert pipe.frames_for(10.24) == 1024
+    assert pipe.frames_for(DURATION) == 36 and pipe.frames_for(0.37) == 40
+    assert pipe.latent_shape(3, 0.37) == (3, 8, 10, 4)
+    assert pipe.default_duration_s == pytest.approx(16 * 4 * 0.01)  # the UNet's sample_size latent frames
