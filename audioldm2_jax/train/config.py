@@ -1,0 +1,382 @@
+"""The training configuration: every key the trainer knows, its default, and the checks that run before anything
+is compiled.
+
+A run's config is an ``ml_collections.ConfigDict`` built by a file in ``configs/`` on top of :func:`base_config`
+(``--config configs/x.py --config.a.b=...``). :func:`base_config` is also the schema: :func:`validate` rejects a
+key it does not hold, naming it, so that a typo never silently trains with a default.
+
+Sections:
+
+- run: ``stage``, ``seed``, ``num_steps``, ``batch_size`` (global), ``grad_accum_steps``, ``compute_dtype``,
+  ``prng_impl``, ``max_consecutive_nonfinite``, ``distributed``;
+- ``optimizer`` (AdamW, warmup + schedule, clipping) and ``group_optimizers`` (per parameter-group overrides, e.g.
+  the discriminator's learning rate); ``ema``;
+- ``mesh`` (``data`` / ``fsdp`` / ``tensor`` sizes, -1 = the rest) and ``logical_axis_rules`` overrides;
+- ``checkpoint``, ``log``;
+- ``data`` (:class:`audioldm2_jax.data.pipeline.DataConfig` fields);
+- ``model``: one section per network, field for field its frozen config dataclass;
+- ``init``: where each component's starting (or frozen) weights come from;
+- ``text``: tokenizer folders and lengths; ``diffusion``: the noise schedule;
+- one section per stage (``vae``, ``audiomae``, ``ldm``, ``gpt2``, ``joint``, ``vocoder``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from audioldm2_jax.models.audiomae import AudioMAEConfig
+from audioldm2_jax.models.clap import ClapAudioConfig, ClapConfig, ClapTextConfig
+from audioldm2_jax.models.gpt2 import GPT2Config
+from audioldm2_jax.models.projection import ProjectionConfig
+from audioldm2_jax.models.t5 import T5Config
+from audioldm2_jax.models.unet import UNetConfig
+from audioldm2_jax.models.vae import VAEConfig
+from audioldm2_jax.models.vocoder import VocoderConfig
+
+STAGES = ("vae", "audiomae", "ldm", "gpt2", "joint", "vocoder", "toy")
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+PRNG_IMPLS = ("auto", "threefry2x32", "rbg", "unsafe_rbg")
+SCHEDULES = ("cosine", "linear", "constant")
+
+# Model sections of the config and the dataclass each one builds.
+MODEL_CLASSES = {
+    "unet": UNetConfig, "vae": VAEConfig, "vocoder": VocoderConfig, "audiomae": AudioMAEConfig,
+    "gpt2": GPT2Config, "t5": T5Config, "projection": ProjectionConfig,
+}
+
+
+def _dataclass_dict(instance) -> dict:
+    """A dataclass as nested plain containers that a ConfigDict holds (tuples kept, ``None`` allowed)."""
+    return {f.name: getattr(instance, f.name) for f in dataclasses.fields(instance)}
+
+
+def _clap_dict(config: ClapConfig) -> dict:
+    return {"text": _dataclass_dict(config.text), "audio": _dataclass_dict(config.audio),
+            "projection_dim": config.projection_dim, "logit_scale_init_value": config.logit_scale_init_value}
+
+
+def _optimizer_defaults() -> dict:
+    return dict(
+        name="adamw", learning_rate=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01,
+        warmup_steps=0, schedule="constant", end_learning_rate_factor=0.0, grad_clip_norm=1.0)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key the trainer reads, with the defaults of the published (base) model sizes."""
+    c = ml_collections.ConfigDict()
+    c.stage = "ldm"
+    c.seed = 0
+    c.num_steps = 100_000
+    c.batch_size = 8  # global, over all hosts and devices
+    c.grad_accum_steps = 1  # the batch is split into this many micro-batches inside the step
+    c.compute_dtype = "auto"  # "auto": bfloat16 on GPU/TPU, float32 on CPU
+    c.prng_impl = "auto"  # "auto": unsafe_rbg on CPU (XLA:CPU compiles threefry slowly), jax's default elsewhere
+    c.max_consecutive_nonfinite = 20  # stop the run after this many non-finite steps in a row
+    c.distributed = "auto"  # "auto" | "on" | "off": jax.distributed.initialize() for multi-host launches
+    c.xla_cpu_fast_compile = False  # lower XLA:CPU optimisation (the quickstart: compile time dominates)
+
+    c.optimizer = ml_collections.ConfigDict(_optimizer_defaults())
+    # Per parameter group, keys of `optimizer` to override (e.g. {"discriminator": {"learning_rate": 2e-4}}).
+    c.group_optimizers = ml_collections.ConfigDict()
+    c.ema = ml_collections.ConfigDict(dict(decay=0.0, warmup=True))  # decay 0: no EMA copy
+
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.logical_axis_rules = ()  # ((logical_name, mesh_axes), ...) replacing DEFAULT_RULES entries
+
+    c.checkpoint = ml_collections.ConfigDict(dict(
+        every_steps=1000, keep=3, async_save=True, save_final=True, restore=True))
+    c.log = ml_collections.ConfigDict(dict(
+        every_steps=50, tensorboard=True, jsonl=True, progress_bar=True, sample_every_steps=0, num_samples=2,
+        sample_steps=25))
+
+    data = ml_collections.ConfigDict()
+    from audioldm2_jax.data.pipeline import DataConfig  # the data pipeline's own schema
+
+    for field in dataclasses.fields(DataConfig):
+        if field.name == "global_batch_size":
+            continue  # set from `batch_size`
+        value = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        setattr(data, field.name, value)
+    c.data = ml_collections.ConfigDict(data.to_dict(), type_safe=False)
+
+    c.model = ml_collections.ConfigDict(type_safe=False)
+    for name, cls in MODEL_CLASSES.items():
+        c.model[name] = ml_collections.ConfigDict(_dataclass_dict(cls()), type_safe=False)
+    c.model.clap = ml_collections.ConfigDict(_clap_dict(ClapConfig()), type_safe=False)
+    c.model.discriminator = ml_collections.ConfigDict(type_safe=False)  # passed to the GAN discriminators
+
+    # Starting / frozen weights per component: "" = random init from `seed`; a folder = a diffusers /
+    # transformers checkpoint, a component saved by this trainer, or a training workdir (its latest export).
+    c.init = ml_collections.ConfigDict({name: "" for name in (
+        "unet", "vae", "vocoder", "audiomae", "gpt2", "t5", "clap", "projection")})
+
+    c.text = ml_collections.ConfigDict(dict(
+        t5_tokenizer="", clap_tokenizer="", t5_max_length=128, clap_max_length=64))
+
+    c.diffusion = ml_collections.ConfigDict(dict(
+        num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear",
+        prediction_type="epsilon"))
+
+    c.vae = ml_collections.ConfigDict(dict(
+        kl_weight=1e-6, rec_loss="l1", disc_start=50_001, disc_weight=0.5, disc_factor=1.0, adaptive_weight=True,
+        sample_posterior=True))
+    c.audiomae = ml_collections.ConfigDict(dict(mask_ratio=0.8))
+    c.ldm = ml_collections.ConfigDict(dict(
+        loa_lambdas=(1, 2, 4, 8),  # sampled uniformly per step; one value = fixed pooling
+        cond_dropout=0.1,  # probability of replacing both conditions by the unconditional ones
+        scale_by_std=True,  # latent scale = 1 / std of the first batch's latents
+        latent_scale=0.4110932946205139,  # used when scale_by_std is False (and as the VAE export's default)
+        sample_posterior=True))
+    c.gpt2 = ml_collections.ConfigDict(dict(loss="l1", loa_lambda=8, cond_dropout=0.1))
+    c.joint = ml_collections.ConfigDict(dict(p_gt=0.25, gpt2_loss_weight=1.0))
+    c.vocoder = ml_collections.ConfigDict(dict(
+        segment_frames=32, mel_weight=45.0, feature_weight=2.0, adv_weight=1.0))
+    c.toy = ml_collections.ConfigDict(dict(hidden=64, nan_steps=(), sleep_seconds=0.0))  # the smoke-test stage
+    return c
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class ConfigError(ValueError):
+    """A config that cannot run: the message names every offending key."""
+
+
+def _unknown_keys(config: Mapping, schema: Mapping, prefix: str = "") -> list[str]:
+    """Dotted names of keys in ``config`` that ``schema`` lacks (open sections: ``group_optimizers``,
+    ``model.discriminator``, ``data.tfds_features``)."""
+    out = []
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if name in ("group_optimizers", "model.discriminator", "data.tfds_features"):
+            continue
+        if key not in schema:
+            out.append(name)
+        elif isinstance(value, Mapping) and isinstance(schema[key], Mapping):
+            out.extend(_unknown_keys(value, schema[key], name + "."))
+    return out
+
+
+def as_dict(config) -> dict:
+    return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+
+def validate(config, num_devices: int | None = None, process_count: int | None = None) -> None:
+    """Raises a ValueError naming every problem that would otherwise surface during (or after) compilation:
+    unknown keys, a mesh that does not divide the devices, a batch the data axes cannot split, bad values."""
+    d = as_dict(config)
+    problems = [f"unknown config key {name!r}" for name in _unknown_keys(d, base_config().to_dict())]
+    if problems:
+        raise ConfigError("config error: " + "; ".join(problems))
+    if d["stage"] not in STAGES and ":" not in str(d["stage"]):
+        problems.append(f"stage={d['stage']!r} is not one of {STAGES} (or 'package.module:Class')")
+    if d["compute_dtype"] not in COMPUTE_DTYPES:
+        problems.append(f"compute_dtype={d['compute_dtype']!r} is not one of {COMPUTE_DTYPES}")
+    if d["prng_impl"] not in PRNG_IMPLS:
+        problems.append(f"prng_impl={d['prng_impl']!r} is not one of {PRNG_IMPLS}")
+    for key in ("num_steps", "batch_size", "grad_accum_steps", "max_consecutive_nonfinite"):
+        if not isinstance(d[key], int) or d[key] < 1:
+            problems.append(f"{key}={d[key]!r} must be a positive integer")
+    for group, opt in [("optimizer", d["optimizer"])] + [(f"group_optimizers.{k}", v)
+                                                         for k, v in d["group_optimizers"].items()]:
+        unknown = sorted(set(opt) - set(_optimizer_defaults()))
+        if unknown:
+            problems.append(f"unknown config key(s) {[f'{group}.{k}' for k in unknown]}")
+        if opt.get("schedule", "constant") not in SCHEDULES:
+            problems.append(f"{group}.schedule={opt['schedule']!r} is not one of {SCHEDULES}")
+        if opt.get("name", "adamw") != "adamw":
+            problems.append(f"{group}.name={opt['name']!r}: only 'adamw' is supported")
+    if not 0.0 <= d["ema"]["decay"] < 1.0:
+        problems.append(f"ema.decay={d['ema']['decay']} must be in [0, 1)")
+
+    mesh = d["mesh"]
+    for axis in mesh:
+        if axis not in ("data", "fsdp", "tensor"):
+            problems.append(f"mesh axis {axis!r} is not one of data, fsdp, tensor")
+    sizes = [int(v) for v in mesh.values()]
+    if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+        problems.append(f"mesh {mesh}: sizes must be positive, with at most one -1")
+    elif num_devices is not None:
+        fixed = int(np.prod([s for s in sizes if s != -1]))
+        if num_devices % fixed or (-1 not in sizes and fixed != num_devices):
+            problems.append(f"mesh {mesh} does not divide the {num_devices} devices "
+                            f"(the product of its sizes must equal the device count, or divide it with one -1)")
+        else:
+            resolved = {k: (num_devices // fixed if int(v) == -1 else int(v)) for k, v in mesh.items()}
+            data_ways = resolved.get("data", 1) * resolved.get("fsdp", 1)
+            if d["batch_size"] % data_ways:
+                problems.append(f"batch_size={d['batch_size']} is not divisible by the data-parallel axes "
+                                f"data x fsdp = {data_ways} of mesh {resolved}")
+            elif (d["batch_size"] // d["grad_accum_steps"]) % data_ways or d["batch_size"] % d["grad_accum_steps"]:
+                problems.append(f"batch_size={d['batch_size']} / grad_accum_steps={d['grad_accum_steps']} does not "
+                                f"give micro-batches divisible by data x fsdp = {data_ways}")
+            elif (d["batch_size"] // d["grad_accum_steps"] == data_ways and min(resolved.get("data", 1),
+                  resolved.get("fsdp", 1), resolved.get("tensor", 1)) > 1):
+                # XLA's SPMD partitioner (jax 0.10.2) returns wrong convolution gradients when data, fsdp and
+                # tensor are all > 1 and each data shard holds one example; see docs/training.md.
+                problems.append(f"batch_size={d['batch_size']} (grad_accum_steps={d['grad_accum_steps']}) leaves one "
+                                f"example per data shard on mesh {resolved}, a layout for which XLA computes wrong "
+                                "convolution gradients; use at least 2 examples per data x fsdp shard or fewer "
+                                "mesh axes")
+    if process_count is not None and d["batch_size"] % process_count:
+        problems.append(f"batch_size={d['batch_size']} does not split over {process_count} processes")
+
+    for name, cls in MODEL_CLASSES.items():
+        try:
+            model_config(config, name)
+        except (TypeError, ValueError) as err:
+            problems.append(f"model.{name}: {err}")
+    try:
+        clap_config(config)
+    except (TypeError, ValueError) as err:
+        problems.append(f"model.clap: {err}")
+
+    lambdas = tuple(d["ldm"]["loa_lambdas"])
+    if not lambdas or any(int(v) < 1 for v in lambdas):
+        problems.append(f"ldm.loa_lambdas={lambdas} must be positive pooling rates")
+    if not 0.0 <= d["ldm"]["cond_dropout"] < 1.0:
+        problems.append(f"ldm.cond_dropout={d['ldm']['cond_dropout']} must be in [0, 1)")
+    if not 0.0 <= d["joint"]["p_gt"] <= 1.0:
+        problems.append(f"joint.p_gt={d['joint']['p_gt']} must be in [0, 1]")
+    if d["gpt2"]["loss"] not in ("l1", "mse"):
+        problems.append(f"gpt2.loss={d['gpt2']['loss']!r} is not 'l1' or 'mse'")
+    if d["diffusion"]["prediction_type"] not in ("epsilon", "v_prediction"):
+        problems.append(f"diffusion.prediction_type={d['diffusion']['prediction_type']!r} is not epsilon or "
+                        "v_prediction")
+    if d["data"]["num_workers"] < 0:
+        problems.append(f"data.num_workers={d['data']['num_workers']} must be >= 0")
+    if problems:
+        raise ConfigError("config error: " + "; ".join(problems))
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """``"configs/x.py[:arg]"`` -> ``get_config(arg)`` of that file, as ``--config`` loads it (the repository root
+    is put on ``sys.path`` so that config files can ``from configs import common``)."""
+    import importlib.util
+    import os
+    import sys
+
+    path, _, arg = spec.partition(":")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    module_spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Builders
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _tuples(value):
+    """Lists (from JSON or the command line) -> tuples, recursively, as the frozen dataclasses expect."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def _build(cls, section: Mapping, where: str):
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(section) - fields)
+    if unknown:
+        raise ValueError(f"unknown key(s) {[f'{where}.{k}' for k in unknown]}; known: {sorted(fields)}")
+    return cls(**{k: _tuples(v) for k, v in section.items()})
+
+
+def model_config(config, name: str):
+    """The frozen architecture dataclass of ``config.model.<name>`` (``UNetConfig`` for "unet", ...)."""
+    if name == "clap":
+        return clap_config(config)
+    return _build(MODEL_CLASSES[name], as_dict(config.model[name]), f"model.{name}")
+
+
+def clap_config(config) -> ClapConfig:
+    d = as_dict(config.model.clap)
+    unknown = sorted(set(d) - {"text", "audio", "projection_dim", "logit_scale_init_value"})
+    if unknown:
+        raise ValueError(f"unknown key(s) {[f'model.clap.{k}' for k in unknown]}")
+    return ClapConfig(text=_build(ClapTextConfig, d["text"], "model.clap.text"),
+                      audio=_build(ClapAudioConfig, d["audio"], "model.clap.audio"),
+                      projection_dim=d["projection_dim"], logit_scale_init_value=d["logit_scale_init_value"])
+
+
+def set_model_config(config, name: str, instance) -> None:
+    """Writes a dataclass (e.g. read from a checkpoint) into ``config.model.<name>``."""
+    values = _clap_dict(instance) if name == "clap" else _dataclass_dict(instance)
+    config.model[name] = ml_collections.ConfigDict(values, type_safe=False)
+
+
+def resolve_compute_dtype(name: str):
+    """``"auto"``: bfloat16 where the backend computes it natively (GPU, TPU), float32 on CPU."""
+    if name == "auto":
+        return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def resolve_prng_impl(name: str) -> str | None:
+    """The ``jax_default_prng_impl`` to set, or None to keep jax's default."""
+    if name == "auto":
+        return "unsafe_rbg" if jax.default_backend() == "cpu" else None
+    return name
+
+
+def resolved_mesh_shape(config, num_devices: int) -> dict[str, int]:
+    mesh = {k: int(v) for k, v in as_dict(config.mesh).items()}
+    fixed = int(np.prod([s for s in mesh.values() if s != -1]))
+    return {k: (num_devices // fixed if v == -1 else v) for k, v in mesh.items()}
+
+
+def logical_rules(config):
+    """DEFAULT_RULES with the config's overrides substituted (same logical name) or appended."""
+    from audioldm2_jax.parallel.partitioning import DEFAULT_RULES
+
+    overrides = {name: (tuple(axes) if isinstance(axes, list) else axes)
+                 for name, axes in (tuple(r) for r in config.logical_axis_rules)}
+    rules = [(name, overrides.pop(name, axes)) for name, axes in DEFAULT_RULES]
+    return tuple(rules + list(overrides.items()))
+
+
+def learning_rate_at(opt: Mapping, num_steps: int):
+    """The learning-rate schedule (an optax schedule) of an optimizer section."""
+    import optax
+
+    peak = float(opt["learning_rate"])
+    warmup = int(opt["warmup_steps"])
+    end = peak * float(opt["end_learning_rate_factor"])
+    decay_steps = max(num_steps - warmup, 1)
+    if opt["schedule"] == "cosine":
+        main = optax.cosine_decay_schedule(peak, decay_steps, alpha=end / peak if peak else 0.0)
+    elif opt["schedule"] == "linear":
+        main = optax.linear_schedule(peak, end, decay_steps)
+    else:
+        main = optax.constant_schedule(peak)
+    if warmup <= 0:
+        return main
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
+
+
+def optimizer_section(config, group: str) -> dict:
+    """``config.optimizer`` with ``config.group_optimizers.<group>`` laid over it."""
+    opt = as_dict(config.optimizer)
+    opt.update(as_dict(config.group_optimizers.get(group, {})) if group in config.group_optimizers else {})
+    return opt
+
+
+def describe_size(num_params: int) -> str:
+    return f"{num_params / 1e6:.2f}M" if num_params < 1e9 else f"{num_params / 1e9:.2f}B"
+
+
+def count_params(tree) -> int:
+    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))

@@ -1,0 +1,149 @@
+"""The LDM stage: the T-UNet learns to denoise VAE latents of log-mel spectrograms, conditioned on the ground-truth
+Language of Audio (LOA) of the same clip from a frozen AudioMAE (AudioLDM 2's self-supervised training) and on
+the frozen T5 encoding of its caption.
+
+Per step:
+
+- latents ``z = scale * VAE.encode(log_mel)`` (a posterior sample), ``scale`` found from data on a fresh run
+  (``ldm.scale_by_std``: 1 / std of the first batch's latents) or fixed (``ldm.latent_scale``);
+- LOA: AudioMAE features of the clip's fbank pooled at rate lambda (``ldm.loa_lambdas``: one value is fixed, several are
+  drawn uniformly per step; each rate gives the UNet a different number of LOA tokens, so the step is compiled
+  once per rate);
+- condition dropout (``ldm.cond_dropout``): per example, both conditions are replaced by the unconditional ones
+  used with classifier-free guidance: a zero LOA and the T5 encoding of the empty caption;
+- the denoising loss of :func:`audioldm2_jax.diffusion.diffusion_loss` (epsilon or v target, the configured
+  scaled-linear schedule).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from audioldm2_jax.diffusion import NoiseSchedule, diffusion_loss
+from audioldm2_jax.models.t5 import T5EncoderModel
+from audioldm2_jax.models.unet import AudioLDM2UNet, context_dims
+from audioldm2_jax.models.vae import AutoencoderKL
+from audioldm2_jax.train.stages import Stage
+from audioldm2_jax.train.stages import common
+
+
+def schedule_from_config(config) -> NoiseSchedule:
+    d = config.diffusion
+    return NoiseSchedule.from_diffusers(dict(
+        num_train_timesteps=int(d.num_train_timesteps), beta_start=float(d.beta_start), beta_end=float(d.beta_end),
+        beta_schedule=str(d.beta_schedule), prediction_type=str(d.prediction_type)))
+
+
+class ConditionedLDM:
+    """The UNet with its frozen conditioning (VAE, AudioMAE, T5), shared by the LDM and joint stages."""
+
+    def __init__(self, stage: Stage, config, dtype):
+        cfgs = stage.model_configs
+        self.unet = AudioLDM2UNet(cfgs["unet"], dtype=dtype)
+        self.vae = AutoencoderKL(cfgs["vae"], dtype=dtype)
+        self.loa = common.LOAExtractor(cfgs["audiomae"], dtype)
+        self.t5 = T5EncoderModel(cfgs["t5"], dtype=dtype)
+        self.schedule = schedule_from_config(config)
+        self.prediction_type = str(config.diffusion.prediction_type)
+        self.t5_tokens = common.CaptionTokenizer(common.find_tokenizer(config, "t5"), config.text.t5_max_length)
+        self.cond_dropout = float(config.ldm.cond_dropout)
+        self.sample_posterior = bool(config.ldm.sample_posterior)
+        self.vae_factor = cfgs["vae"].downsample_factor
+
+        d0, d1 = context_dims(cfgs["unet"])
+        common.check_dims("model.unet LOA context width vs model.audiomae.embed_dim", d0, cfgs["audiomae"].embed_dim,
+                          "the UNet cross-attends to AudioMAE / GPT-2 features")
+        if d1 is not None:
+            common.check_dims("model.unet T5 context width vs model.t5.d_model", d1, cfgs["t5"].d_model,
+                              "the UNet cross-attends to T5 features")
+        common.check_dims("model.unet.in_channels vs model.vae.latent_channels", cfgs["unet"].in_channels,
+                          cfgs["vae"].latent_channels, "the UNet denoises VAE latents")
+
+    def host_batch(self, batch, mae_config) -> dict:
+        ids, mask = self.t5_tokens(common.captions_of(batch))
+        return {"log_mel": common.log_mel(batch, self.vae_factor), "fbank": common.audiomae_fbank(batch, mae_config),
+                "t5_ids": ids, "t5_mask": mask}
+
+    def latents(self, frozen, extras, batch, key):
+        z = common.vae_latents(self.vae, frozen["vae"], batch["log_mel"], key if self.sample_posterior else None)
+        return z * extras["latent_scale"]
+
+    def t5_stream(self, frozen, ids, mask):
+        hidden = self.t5.apply({"params": frozen["t5"]}, ids, mask)
+        return jax.lax.stop_gradient(hidden), mask
+
+    def denoising_loss(self, unet_params, latents, loa, t5_hidden, t5_mask, key):
+        def model_fn(x, t):
+            return self.unet.apply({"params": unet_params}, x, t, loa.astype(x.dtype), None, t5_hidden, t5_mask)
+
+        return diffusion_loss(self.schedule, model_fn, latents, key, self.prediction_type)
+
+
+class LDMStage(Stage):
+    name = "ldm"
+    group_components = {"unet": ("unet",)}
+    frozen_components = ("vae", "audiomae", "t5")
+
+    def __init__(self, config, dtype=jnp.float32):
+        super().__init__(config, dtype)
+        self.ldm = ConditionedLDM(self, config, dtype)
+        self.lambdas = tuple(int(v) for v in config.ldm.loa_lambdas)
+        for lam in self.lambdas:
+            self.ldm.loa.check_lambda(lam)
+        self.scale_by_std = bool(config.ldm.scale_by_std)
+        self.fixed_scale = float(config.ldm.latent_scale)
+        self.seed = int(config.seed)
+
+    def init_frozen_component(self, name, rng):
+        if name == "audiomae":
+            return common.init_mae_encoder(self.model_configs["audiomae"])(rng)
+        return super().init_frozen_component(name, rng)
+
+    def frozen_from_loaded(self, name, params):
+        return common.frozen_encoder_params(name, params)
+
+    def host_batch(self, batch):
+        return self.ldm.host_batch(batch, self.model_configs["audiomae"])
+
+    def step_options(self, step: int):
+        if len(self.lambdas) == 1:
+            return self.lambdas[0]
+        # A host-side draw, reproducible from (seed, step) so that a resumed run picks the same rates.
+        return self.lambdas[int(np.random.default_rng([self.seed, 17, int(step)]).integers(len(self.lambdas)))]
+
+    def extras_template(self):
+        return {"latent_scale": jnp.asarray(self.fixed_scale, jnp.float32)}
+
+    def initial_extras(self, frozen, batch, rng):
+        if not self.scale_by_std:
+            return self.extras_template()
+        z = common.vae_latents(self.ldm.vae, frozen["vae"], batch["log_mel"],
+                               rng if self.ldm.sample_posterior else None)
+        return {"latent_scale": (1.0 / jnp.maximum(jnp.std(z.astype(jnp.float32)), 1e-6)).astype(jnp.float32)}
+
+    def loss(self, group, params, frozen, extras, batch, rng, step, options):
+        lam = options
+        k_post, k_drop, k_diff = jax.random.split(rng, 3)
+        latents = self.ldm.latents(frozen, extras, batch, k_post)
+        loa = self.ldm.loa(frozen["audiomae"], batch["fbank"], lam)
+        dropped = jax.random.bernoulli(k_drop, self.ldm.cond_dropout, (latents.shape[0],))
+        ids, mask = self.ldm.t5_tokens.drop(batch["t5_ids"], batch["t5_mask"], dropped)
+        t5_hidden, t5_mask = self.ldm.t5_stream(frozen, ids, mask)
+        loa = jnp.where(dropped[:, None, None], 0.0, loa)
+        loss = self.ldm.denoising_loss(params["unet"]["unet"], latents, loa, t5_hidden, t5_mask, k_diff)
+        return loss, {"latent_std": jnp.std(latents.astype(jnp.float32)), "cond_dropped": dropped.mean()}
+
+    def export_components(self, params, frozen, extras):
+        out = super().export_components(params, frozen, extras)
+        if "vae" in out:  # the scale the UNet was trained with travels with the VAE, as diffusers' scaling_factor
+            cfg, vae_params, extra = out["vae"]
+            import dataclasses
+
+            scale = float(jax.device_get(extras["latent_scale"]))
+            out["vae"] = (dataclasses.replace(cfg, scaling_factor=scale), vae_params, {**extra, "latent_scale": scale})
+        return out
+
+
+STAGE = LDMStage
