@@ -19,7 +19,7 @@ from audioldm2_jax.convert.gpt2 import gpt2_state_dict_to_params, load_gpt2
 from audioldm2_jax.convert.weights import CheckpointError, load_state_dict
 from audioldm2_jax.models.gpt2 import GPT2Config, GPT2Model, generate_loa
 
-REFERENCE = Path("/work/shared/reference/audioldm2-base/language_model.json")
+REFERENCE = (Path(__file__).resolve().parents[1] / "configs/published/audioldm2-base/language_model.json")
 WIDTH = 32
 
 

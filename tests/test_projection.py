@@ -14,7 +14,7 @@ from audioldm2_jax.convert.projection import load_projection, projection_state_d
 from audioldm2_jax.convert.weights import CheckpointError, load_state_dict
 from audioldm2_jax.models.projection import AudioLDM2ProjectionModel, ProjectionConfig
 
-REFERENCE = Path("/work/shared/reference/audioldm2-base/projection_model.json")
+REFERENCE = (Path(__file__).resolve().parents[1] / "configs/published/audioldm2-base/projection_model.json")
 DIMS = dict(text_encoder_dim=16, text_encoder_1_dim=24, langauge_model_dim=32)
 LENGTH_1 = 7
 

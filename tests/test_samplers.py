@@ -24,7 +24,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
 from audioldm2_jax.diffusion import (
     DDIMSampler, NoiseSchedule, SAMPLER_NAMES, make_sampler, sample_loop)
 
-PUBLISHED = json.loads(Path("/work/shared/reference/audioldm2-base/scheduler.json").read_text())
+PUBLISHED = json.loads((Path(__file__).resolve().parents[1] / "configs/published/audioldm2-base/scheduler.json").read_text())
 SHAPE = (2, 8, 12, 4)  # [B, C, T, F] latents, small
 REL = 1e-6
 

@@ -16,7 +16,7 @@ from audioldm2_jax.convert.t5 import load_t5, t5_state_dict_to_params
 from audioldm2_jax.convert.weights import CheckpointError, load_state_dict
 from audioldm2_jax.models.t5 import T5Config, T5EncoderModel, relative_position_buckets
 
-REFERENCE = Path("/work/shared/reference/audioldm2-base/text_encoder_2.json")
+REFERENCE = (Path(__file__).resolve().parents[1] / "configs/published/audioldm2-base/text_encoder_2.json")
 LENGTH = 20  # longer than max_distance below, so the log-spaced and the clamped buckets are all used
 
 

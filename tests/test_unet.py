@@ -72,7 +72,7 @@ def test_unet_matches_diffusers(name, tmp_path):
 
 
 def test_config_reads_published_base():
-    published = json.load(open(__file__.rsplit("/tests/", 1)[0] + "/../shared/reference/audioldm2-base/unet.json"))
+    published = json.load(open(__file__.rsplit("/tests/", 1)[0] + "/configs/published/audioldm2-base/unet.json"))
     config = UNetConfig.from_diffusers(published)
     assert config.cross_attention_dim == ((None, 768, 1024),) * 4
     assert config.num_heads == (8, 8, 8, 8) and config.layers_per_block == (2, 2, 2, 2)

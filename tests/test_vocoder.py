@@ -83,7 +83,7 @@ def test_weight_norm_checkpoint_is_folded(tmp_path):
 
 
 def test_published_config_length():
-    published = json.loads(open("/work/shared/reference/audioldm2-base/vocoder.json").read())
+    published = json.loads(open(__file__.rsplit("/tests/", 1)[0] + "/configs/published/audioldm2-base/vocoder.json").read())
     config = VocoderConfig.from_transformers(published)
     assert config == VocoderConfig() and config.hop_length == 160
     for frames in (1, 7, 1024):
