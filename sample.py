@@ -9,6 +9,11 @@
 --prompts-file: one prompt per line, optionally ``prompt|name`` (``name`` is the file stem) or
 ``prompt|name|transcription``; blank lines and ``#`` comments are skipped. Clip i uses seed ``--seed + i``.
 Ends with the throughput: seconds of audio per second of wall time, compilation reported apart.
+
+Multi-process (several hosts, or ``python -m audioldm2_jax.launch -n 2 -- sample.py ...`` on one machine): the
+prompt list is split into contiguous shares, one per process; each process generates and writes its own clips
+(same names and seeds as a single-process run) and process 0 reports the totals. The coordinator comes from
+``--coordinator-address`` / ``--num-processes`` / ``--process-id`` or the ``JAX_*`` environment the launcher sets.
 """
 
 from __future__ import annotations
@@ -37,22 +42,53 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="compute dtype of the UNet, VAE and vocoder (parameters stay float32)")
     parser.add_argument("--out", default="samples", help="output directory")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--coordinator-address", default=None,
+                        help="multi-process runs: host:port of process 0 (default: JAX_COORDINATOR_ADDRESS)")
+    parser.add_argument("--num-processes", type=int, default=None, help="multi-process runs (JAX_NUM_PROCESSES)")
+    parser.add_argument("--process-id", type=int, default=None, help="multi-process runs (JAX_PROCESS_ID)")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    from audioldm2_jax.parallel import distributed as dist
+
+    dist.initialize(dist.DistributedSettings.from_env(
+        coordinator_address=args.coordinator_address, num_processes=args.num_processes, process_id=args.process_id))
+    with dist.exit_together():
+        return _generate(args, dist)
+
+
+def _generate(args, dist) -> dict:
+    import jax
     import jax.numpy as jnp
+    import numpy as np
 
     from audioldm2_jax.pipeline import AudioLDM2Pipeline, read_prompts, run_sampling_job
 
     clips = read_prompts(args.prompt, args.prompts_file)  # fails early on an empty or malformed list
-    pipe = AudioLDM2Pipeline.from_pretrained(args.checkpoint, dtype=getattr(jnp, args.dtype))
-    totals = run_sampling_job(
-        pipe, clips, args.out, batch_size=args.batch_size, num_waveforms_per_prompt=args.num_waveforms,
-        seed=args.seed, negative_prompt=args.negative_prompt, transcription=args.transcription,
-        progress=not args.no_progress, audio_length_in_s=args.duration, num_inference_steps=args.steps,
-        guidance_scale=args.guidance, scheduler=args.scheduler)
+    offset, mine = dist.split_evenly(clips)  # names and seeds stay those of the whole list
+    if jax.process_count() > 1:
+        print(f"process {jax.process_index()} of {jax.process_count()}: clips {offset}..{offset + len(mine) - 1} of "
+              f"{len(clips)}", flush=True)
+    totals = dict(audio_s=0.0, wall_s=0.0, compile_s=0.0, clips=0)
+    if mine:
+        pipe = AudioLDM2Pipeline.from_pretrained(args.checkpoint, dtype=getattr(jnp, args.dtype))
+        totals = run_sampling_job(
+            pipe, mine, args.out, batch_size=args.batch_size, num_waveforms_per_prompt=args.num_waveforms,
+            seed=args.seed + offset, negative_prompt=args.negative_prompt, transcription=args.transcription,
+            progress=not args.no_progress and jax.process_index() == 0, audio_length_in_s=args.duration,
+            num_inference_steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler)
+    if jax.process_count() > 1:  # every process's totals, for process 0's report (wall time: the slowest one)
+        from jax.experimental import multihost_utils
+
+        keys = ("audio_s", "wall_s", "compile_s", "clips")
+        table = np.asarray(multihost_utils.process_allgather(np.array([totals[k] for k in keys], np.float64)))
+        totals = {k: float(table[:, i].max() if k in ("wall_s", "compile_s") else table[:, i].sum())
+                  for i, k in enumerate(keys)}
+        totals["clips"] = int(totals["clips"])
+        if jax.process_index() != 0:
+            return totals
     speed = totals["audio_s"] / totals["wall_s"] if totals["wall_s"] > 0 else float("inf")
     print(f"wrote {totals['clips']} clips ({totals['audio_s']:.2f} s of audio) to {args.out}: "
           f"{speed:.3f} s of audio per s of wall time ({totals['wall_s']:.1f} s running, "

@@ -36,7 +36,10 @@ def main(argv):
     except (ConfigError, NonFiniteError) as err:
         logging.getLogger("train").error("%s", err)
         sys.exit(2)
-    print(json.dumps({k: v for k, v in summary.items() if k != "last_metrics"}, default=str))
+    import jax
+
+    if jax.process_index() == 0:  # one summary per run, not per process
+        print(json.dumps({k: v for k, v in summary.items() if k != "last_metrics"}, default=str))
     if summary.get("preempted"):
         logging.getLogger("train").warning("preempted at step %s: checkpoint saved, exiting cleanly",
                                            summary.get("final_step"))

@@ -100,11 +100,12 @@ def micro_models(c: ml_collections.ConfigDict, frames: int = 128) -> None:
 
 
 def cpu_run(c: ml_collections.ConfigDict) -> None:
-    """Settings for runs on a few CPU cores: float32, fast compiles, no multi-host."""
+    """Settings for runs on a few CPU cores: float32, fast compiles; joins a multi-process run only when launched
+    as one (``python -m audioldm2_jax.launch``)."""
     c.compute_dtype = "float32"
     c.prng_impl = "unsafe_rbg"
     c.xla_cpu_fast_compile = True
-    c.distributed = "off"
+    c.distributed = "auto"
     c.data.read_threads = 2
     c.data.prefetch_buffer_size = 4
 

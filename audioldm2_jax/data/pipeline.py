@@ -1,10 +1,11 @@
-"""The input pipeline: source -> per-process shard -> shuffle -> epochs -> clip transform -> workers -> batches.
+"""The input pipeline: source -> shuffle -> epochs -> clip transform -> this process's rows -> workers -> batches.
 
 Built from grain's dataset API::
 
-    MapDataset.source(source)[process_index::process_count]   each host reads its own share
+    MapDataset.source(source)                                every clip, in one global order for all processes
       .shuffle(seed).repeat(num_epochs)                      seeded, reshuffled every epoch
       .random_map(ClipTransform)                             decode, crop, resample, normalise, mel, fbank
+      -> ProcessRows                                         this process's rows of every global batch
       .to_iter_dataset(ReadOptions(num_threads=...))         threads inside one process
       .mp_prefetch(MultiprocessingOptions(num_workers=...))  optional worker processes
       -> drop unusable clips (counted, reported by path)
@@ -15,10 +16,16 @@ small JSON-able dict to save beside a training checkpoint (grain's orbax handler
 takes the iterator itself), and ``set_state()`` resumes exactly where it was: the same batches, in the same order,
 with the same random crops and captions.
 
-Every host gets the same number of clips (the remainder of ``len(source) / process_count`` is left out), so hosts
-run the same number of steps per epoch. A clip that turns out unusable is skipped on its host only, so with a
-finite ``num_epochs`` the hosts' last batches can differ in number by the skips; train with
-``num_epochs=None`` (repeat forever) and count steps, the usual practice for pods.
+Multi-process runs: global batch ``b`` is rows ``b * G .. (b + 1) * G - 1`` of the global stream (``G`` the global
+batch size), and process ``p`` of ``n`` reads only its rows ``p * L .. (p + 1) * L - 1`` of it (``L = G / n``),
+which :func:`global_batch` places at the same rows of the global array. The clips, their order and their random
+crops depend on the seed and ``G`` only, so a run on 2 processes sees exactly the batches of a run on 1 process, and
+a state saved by ``n`` processes resumes on ``m`` (at the same global batch: ``batches`` in the state). The per-clip
+randomness is keyed by the position in the global stream, never by the process.
+
+A clip that turns out unusable is skipped on its host only (the host takes the next clip of its rows), so with a
+finite ``num_epochs`` the hosts' last batches can differ in number by the skips; train with ``num_epochs=None``
+(repeat forever) and count steps, the usual practice for pods.
 
 :func:`global_batch` turns each host's batch into global ``jax.Array``s over the mesh
 (``jax.make_array_from_process_local_data``); string fields stay host-local NumPy arrays.
@@ -217,39 +224,100 @@ class _DropUnusableIterator(grain.DatasetIterator):
         self._skip_log.restore(state.get("skipped", {}))
 
 
+class ProcessRows(grain.MapDataset):
+    """Process ``index``'s rows of every global batch of ``parent``: element ``k`` is parent element
+    ``(start_batch + k // local) * global_batch + index * local + k % local``; whole global batches only."""
+
+    def __init__(self, parent: grain.MapDataset, global_batch: int, local_batch: int, index: int,
+                 start_batch: int = 0):
+        super().__init__(parent)
+        self._global, self._local, self._index, self._start = global_batch, local_batch, index, start_batch
+        self._batches = max(len(parent) // global_batch - start_batch, 0)
+
+    def __len__(self) -> int:
+        return self._batches * self._local
+
+    def _row(self, k: int) -> int:
+        batch, row = divmod(k, self._local)
+        return (self._start + batch) * self._global + self._index * self._local + row
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self._parent[self._row(index)]
+
+    def __str__(self) -> str:
+        return (f"ProcessRows(process {self._index}: rows {self._index * self._local}.."
+                f"{(self._index + 1) * self._local - 1} of every {self._global}, from batch {self._start})")
+
+
+# The parts of an iterator's fingerprint that only say how the global stream is split over processes: a state saved
+# under another split resumes at the same global batch.
+_LAYOUT_KEYS = ("process_index", "process_count", "local_batch_size", "num_workers")
+
+
 class AudioBatchIterator(grain.DatasetIterator):
     """Batches of one host, with checkpointable state.
 
     Each batch is a dict of NumPy arrays: ``waveform [B, N]``, ``log_mel [B, N // 160, 64]``, ``fbank [B, 1024,
     128]`` (when computed), ``caption [B]``, ``transcription [B]`` and ``path [B]`` (``np.str_``),
     ``num_samples [B]`` (samples before padding) and, for procedural clips, ``attributes`` (a dict of
-    ``[B, ...]`` arrays).
+    ``[B, ...]`` arrays). ``batches`` counts the (global) batches taken so far.
     """
 
-    def __init__(self, parent: grain.DatasetIterator, skip_log: SkipLog, fingerprint: dict, source, config):
+    def __init__(self, parent: grain.DatasetIterator, skip_log: SkipLog, fingerprint: dict, source, config,
+                 rebuild=None):
         super().__init__(parent)
         self.skip_log = skip_log
         self.fingerprint = fingerprint
         self.source = source
         self.config = config
+        self.batches = 0
+        self._rebuild = rebuild  # start_batch -> a fresh parent iterator (restores from another process layout)
 
     @property
     def local_batch_size(self) -> int:
         return self.fingerprint["local_batch_size"]
 
     def __next__(self) -> dict:
-        return next(self._parent)
+        batch = next(self._parent)
+        self.batches += 1
+        return batch
 
     def get_state(self) -> dict:
-        return {"pipeline": self._parent.get_state(), "fingerprint": dict(self.fingerprint)}
+        return {"pipeline": self._parent.get_state(), "fingerprint": dict(self.fingerprint),
+                "batches": self.batches}
 
     def set_state(self, state: dict) -> None:
+        """Resumes from ``state``; one saved by another number of processes (or workers) resumes at its global
+        batch (``state["batches"]``)."""
         saved = state.get("fingerprint", {})
         changed = {k: (saved.get(k), v) for k, v in self.fingerprint.items() if k in saved and saved[k] != v}
-        if changed:
+        if changed and (set(changed) - set(_LAYOUT_KEYS) or self._rebuild is None or "batches" not in state):
             raise ValueError("the saved input-pipeline state belongs to a different setup; (saved, now): "
                              f"{changed}")
-        self._parent.set_state(state["pipeline"])
+        if not changed:
+            self._parent.set_state(state["pipeline"])
+            self.batches = int(state.get("batches", 0))
+            return
+        batches = int(state["batches"])
+        skipped = sum(state["pipeline"].get("skipped", {}).get("by_reason", {}).values()) \
+            if isinstance(state.get("pipeline"), dict) else 0
+        log.info("input pipeline: resuming a state saved by %s processes on %s, at global batch %d",
+                 saved.get("process_count"), self.fingerprint["process_count"], batches)
+        if skipped:
+            log.warning("input pipeline: the saved process had skipped %d unusable clips, so its position in the "
+                        "global stream is approximate", skipped)
+        old = self._parent
+        new = self._rebuild(batches)
+        self._parents = (new,)
+        self._ctx = new._ctx
+        self.batches = batches
+        if hasattr(old, "close"):
+            try:
+                old.close()
+            except Exception:  # noqa: BLE001
+                pass
 
     def skip_report(self) -> str:
         return self.skip_log.report()
@@ -281,35 +349,39 @@ def make_dataset(config: Any, process_index: int | None = None, process_count: i
     total = len(source)
     if total == 0:
         raise ValueError(f"the dataset is empty: {source!r}")
-    per_host = total // process_count
-    if per_host == 0:
+    if total < process_count:
         raise ValueError(f"{total} clips cannot be shared by {process_count} processes")
-    if config.num_epochs is not None and per_host < local_batch:
-        raise ValueError(f"{per_host} clips per process make no batch of {local_batch}")
+    if config.num_epochs is not None and total * config.num_epochs < config.global_batch_size:
+        raise ValueError(f"{total} clips x {config.num_epochs} epochs make no batch of {config.global_batch_size}")
 
     ds = grain.MapDataset.source(source)
-    ds = ds[process_index::process_count][:per_host]  # equal shares: hosts stay in step
     if config.shuffle:
-        ds = ds.shuffle(seed=_derived_seed(seed, 1, process_index))
+        ds = ds.shuffle(seed=_derived_seed(seed, 1))
     ds = ds.repeat(config.num_epochs)
     clip_transform = transforms.ClipTransform(
         clip_samples=config.clip_samples, random_crop=config.random_crop, crop_retries=config.crop_retries,
         silence_peak=config.silence_peak, drop_silent=config.drop_silent, compute_log_mel=config.compute_log_mel,
         compute_fbank=config.compute_fbank, require_text=config.require_text)
-    ds = ds.random_map(clip_transform, seed=_derived_seed(seed, 2, process_index))
-    iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
-                                                   prefetch_buffer_size=config.prefetch_buffer_size))
-    if config.num_workers > 0:
-        _ensure_absl_flags_parsed()
-        iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers,
-                                                              per_worker_buffer_size=config.worker_buffer_size))
+    ds = ds.random_map(clip_transform, seed=_derived_seed(seed, 2))
     skip_log = SkipLog()
-    iter_ds = _DropUnusable(iter_ds, skip_log, config.max_consecutive_skips)
-    iter_ds = iter_ds.batch(local_batch, drop_remainder=True, batch_fn=transforms.collate)
+
+    def build(start_batch: int) -> grain.DatasetIterator:
+        rows = ProcessRows(ds, config.global_batch_size, local_batch, process_index, start_batch)
+        iter_ds = rows.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
+                                                         prefetch_buffer_size=config.prefetch_buffer_size))
+        if config.num_workers > 0:
+            _ensure_absl_flags_parsed()
+            iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(
+                num_workers=config.num_workers, per_worker_buffer_size=config.worker_buffer_size))
+        iter_ds = _DropUnusable(iter_ds, skip_log, config.max_consecutive_skips)
+        iter_ds = iter_ds.batch(local_batch, drop_remainder=True, batch_fn=transforms.collate)
+        return iter_ds.__iter__()
+
     fingerprint = {"source": repr(source), "clips": total, "process_index": process_index,
-                   "process_count": process_count, "local_batch_size": local_batch, "seed": int(seed),
+                   "process_count": process_count, "local_batch_size": local_batch,
+                   "global_batch_size": config.global_batch_size, "seed": int(seed),
                    "clip_samples": config.clip_samples, "num_workers": config.num_workers}
-    return AudioBatchIterator(iter_ds.__iter__(), skip_log, fingerprint, source, config)
+    return AudioBatchIterator(build(0), skip_log, fingerprint, source, config, rebuild=build)
 
 
 def _ensure_absl_flags_parsed() -> None:

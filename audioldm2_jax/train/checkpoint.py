@@ -9,6 +9,11 @@ Layout of a workdir::
     frozen/                       frozen parameters, written once when the run starts
     export/                       inference components (see audioldm2_jax.train.export)
 
+Multi-process runs write one checkpoint together: each process writes the array shards it holds (orbax; process 0
+writes the metadata and renames the finished step) and its own ``data/process_<i>-of-<n>.json``. Arrays restore onto
+any mesh and any number of processes; the input pipeline's state of another number of processes resumes at the
+same global batch (see :mod:`audioldm2_jax.data.pipeline`).
+
 Saves are asynchronous (the arrays are copied off the devices, then written in the background while training
 goes on). A step's directory is written under a temporary name and renamed when complete, so a save cut short by a
 hard kill is never mistaken for a checkpoint: resume takes the latest *finalised* step. The input pipeline's state
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import threading
 from pathlib import Path
@@ -83,13 +89,13 @@ class Checkpointer:
         return saved
 
     def restore(self, step: int, abstract_state, data_iterator=None):
-        """The state at ``step`` placed as ``abstract_state``'s shardings say (any mesh); sets the data iterator."""
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=grain.checkpoint.CheckpointRestore(_IteratorSnapshot())))
-        data_state = restored["data"].state
-        if data_iterator is not None and data_state is not None:
-            data_iterator.set_state(data_state)
+        """The state at ``step`` placed as ``abstract_state``'s shardings say (any mesh, any number of processes);
+        sets the data iterator."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        if data_iterator is not None:
+            data_state = read_data_state(self.directory / str(step) / "data")
+            if data_state is not None:
+                data_iterator.set_state(data_state)
         return restored["state"]
 
     def wait(self) -> None:
@@ -105,6 +111,47 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+_DATA_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json")
+
+
+def read_data_state(directory: str | Path, process_index: int | None = None,
+                    process_count: int | None = None) -> dict | None:
+    """The input pipeline's state for this process from a step's ``data/`` folder: its own file when the step was
+    written by as many processes, otherwise process 0's (every process of a run is at the same global batch;
+    checked), which the iterator maps onto the new layout. None when no state was saved."""
+    directory = Path(directory)
+    index = jax.process_index() if process_index is None else int(process_index)
+    count = jax.process_count() if process_count is None else int(process_count)
+    own = directory / f"process_{index}-of-{count}.json"
+    if own.is_file():
+        return json.loads(own.read_text())
+    files = {}
+    for path in directory.glob("process_*-of-*.json"):
+        match = _DATA_FILE.fullmatch(path.name)
+        if match:
+            files[(int(match.group(1)), int(match.group(2)))] = path
+    counts = sorted({n for _, n in files})
+    if not counts:
+        if directory.is_dir():
+            raise FileNotFoundError(f"{directory} holds no input-pipeline state (process_<i>-of-<n>.json)")
+        return None
+    if len(counts) > 1:
+        raise ValueError(f"{directory} mixes input-pipeline states of {counts} processes")
+    saved_count = counts[0]
+    missing = sorted(set(range(saved_count)) - {i for i, _ in files})
+    if missing:
+        raise ValueError(f"{directory}: the states of processes {missing} of {saved_count} are missing")
+    states = [json.loads(files[(i, saved_count)].read_text()) for i in range(saved_count)]
+    if any(s is None for s in states):
+        return None
+    positions = {s.get("batches") for s in states}
+    if len(positions) != 1:
+        raise ValueError(f"{directory}: the {saved_count} processes saved different global batch positions "
+                         f"{sorted(positions, key=str)}")
+    log.info("input pipeline: step written by %d processes, read by process %d of %d", saved_count, index, count)
+    return states[0]
 
 
 def abstract_with_shardings(abstract_tree, shardings):

@@ -10,7 +10,8 @@ A component is a (config dataclass, parameter tree) pair. Weights come from one 
 
 Component names and their pipeline subfolders: unet (``unet``), vae (``vae``), vocoder (``vocoder``), gpt2
 (``language_model``), t5 (``text_encoder_2``), clap (``text_encoder``, text tower only), projection
-(``projection_model``), audiomae (an AudioMAE ``.pth``).
+(``projection_model``), vits (``text_encoder_2`` of the speech checkpoints: the phoneme text encoder of a
+transformers ``VitsModel``), audiomae (an AudioMAE ``.pth``).
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ from audioldm2_jax.models.projection import AudioLDM2ProjectionModel, Projection
 from audioldm2_jax.models.t5 import T5Config, T5EncoderModel, t5_dummy_inputs
 from audioldm2_jax.models.unet import AudioLDM2UNet, UNetConfig, unet_dummy_inputs
 from audioldm2_jax.models.vae import AutoencoderKL, VAEConfig
+from audioldm2_jax.models.vits_text import VitsTextConfig, VitsTextEncoder
 from audioldm2_jax.models.vocoder import HifiGanVocoder, VocoderConfig
 
 PIPELINE_SUBFOLDERS = {"unet": "unet", "vae": "vae", "vocoder": "vocoder", "gpt2": "language_model",
-                       "t5": "text_encoder_2", "clap": "text_encoder", "projection": "projection_model"}
+                       "t5": "text_encoder_2", "clap": "text_encoder", "projection": "projection_model",
+                       "vits": "text_encoder_2"}
 PARAMS_FILE = "params.safetensors"
 META_FILE = "component.json"
 
@@ -107,6 +110,11 @@ def _projection_init(model, rng):
     return model.init(rng, *projection_dummy_inputs(model.config))["params"]
 
 
+def _vits_init(model, rng):
+    ids = jnp.ones((1, 4), jnp.int32)
+    return model.init(rng, ids, jnp.ones_like(ids))["params"]
+
+
 COMPONENTS: dict[str, Component] = {
     "unet": Component("unet", UNetConfig, AudioLDM2UNet, _unet_init),
     "vae": Component("vae", VAEConfig, AutoencoderKL, _vae_init),
@@ -117,6 +125,9 @@ COMPONENTS: dict[str, Component] = {
     "t5": Component("t5", T5Config, T5EncoderModel, _t5_init),
     "clap": Component("clap", ClapConfig, ClapTextEncoder, _clap_init),
     "projection": Component("projection", ProjectionConfig, AudioLDM2ProjectionModel, _projection_init),
+    # The speech models' second text encoder: ``(input_ids, attention_mask)`` -> ``VitsTextEncoderOutput`` (the
+    # stages read ``last_hidden_state``, as the pipeline does).
+    "vits": Component("vits", VitsTextConfig, VitsTextEncoder, _vits_init),
 }
 
 
@@ -205,20 +216,48 @@ def load_component(name: str, source: str | os.PathLike) -> tuple[Any, dict, dic
 
     ``params`` are host NumPy arrays; ``extra`` holds metadata a stage saved with it (e.g. ``latent_scale``).
     """
-    path = Path(source)
-    if (path / "export").is_dir():
-        path = path / "export"
-    if (path / name / META_FILE).is_file():
-        path = path / name
+    path = _trainer_folder(name, source)
     if (path / META_FILE).is_file():
-        meta = read_component_meta(path)
-        if meta["component"] != name:
-            raise ValueError(f"{path}: holds component {meta['component']!r}, expected {name!r}")
+        meta = _checked_meta(name, path)
         from safetensors.numpy import load_file
 
         config = _config_from_json(COMPONENTS[name].config_class, meta["config"])
         return config, unflatten(load_file(str(path / PARAMS_FILE))), meta.get("extra", {})
     return _load_pretrained(name, path)
+
+
+def load_component_config(name: str, source: str | os.PathLike):
+    """The architecture config of component ``name`` at ``source`` (as :func:`load_component` finds it) without
+    reading its weights: stages that must know a shape before choosing what else to load (the LDM stage builds
+    T5 only for a UNet with a T5 stream) call this first."""
+    path = _trainer_folder(name, source)
+    if (path / META_FILE).is_file():
+        return _config_from_json(COMPONENTS[name].config_class, _checked_meta(name, path)["config"])
+    readers = {"unet": lambda d: UNetConfig.from_diffusers(d), "vits": lambda d: VitsTextConfig.from_transformers(d),
+               "projection": lambda d: ProjectionConfig.from_diffusers(d)}
+    sub = PIPELINE_SUBFOLDERS.get(name)
+    if name in readers:
+        folder = path / sub if (path / sub / "config.json").is_file() else path
+        if (folder / "config.json").is_file():
+            return readers[name](json.loads((folder / "config.json").read_text()))
+    return load_component(name, source)[0]
+
+
+def _trainer_folder(name: str, source: str | os.PathLike) -> Path:
+    """``source`` narrowed to the component's own folder where it is a workdir or an export."""
+    path = Path(source)
+    if (path / "export").is_dir():
+        path = path / "export"
+    if (path / name / META_FILE).is_file():
+        path = path / name
+    return path
+
+
+def _checked_meta(name: str, path: Path) -> dict:
+    meta = read_component_meta(path)
+    if meta["component"] != name:
+        raise ValueError(f"{path}: holds component {meta['component']!r}, expected {name!r}")
+    return meta
 
 
 def _load_pretrained(name: str, path: Path) -> tuple[Any, dict, dict]:
@@ -247,6 +286,8 @@ def _load_pretrained(name: str, path: Path) -> tuple[Any, dict, dict]:
         from audioldm2_jax.convert.t5 import load_t5 as load
     elif name == "projection":
         from audioldm2_jax.convert.projection import load_projection as load
+    elif name == "vits":
+        from audioldm2_jax.convert.vits_text import load_vits_text as load
     elif name == "clap":
         from audioldm2_jax.convert.clap import load_clap
 

@@ -14,9 +14,12 @@ Sections:
 - ``mesh`` (``data`` / ``fsdp`` / ``tensor`` sizes, -1 = the rest) and ``logical_axis_rules`` overrides;
 - ``checkpoint``, ``log``;
 - ``data`` (:class:`audioldm2_jax.data.pipeline.DataConfig` fields);
-- ``model``: one section per network, field for field its frozen config dataclass;
+- ``model``: one section per network, field for field its frozen config dataclass, and ``model.text_encoder_2``:
+  the second text stream of the projection / GPT-2, ``"t5"`` (FLAN-T5 reads the caption: text-to-audio, music)
+  or ``"vits"`` (the VITS phoneme encoder reads the clip's transcription: the speech models);
 - ``init``: where each component's starting (or frozen) weights come from;
-- ``text``: tokenizer folders and lengths; ``diffusion``: the noise schedule;
+- ``text``: tokenizer folders and lengths, what the speech models read as transcription; ``diffusion``: the noise
+  schedule;
 - one section per stage (``vae``, ``audiomae``, ``ldm``, ``gpt2``, ``joint``, ``vocoder``).
 """
 
@@ -38,17 +41,19 @@ from audioldm2_jax.models.projection import ProjectionConfig
 from audioldm2_jax.models.t5 import T5Config
 from audioldm2_jax.models.unet import UNetConfig
 from audioldm2_jax.models.vae import VAEConfig
+from audioldm2_jax.models.vits_text import VitsTextConfig
 from audioldm2_jax.models.vocoder import VocoderConfig
 
 STAGES = ("vae", "audiomae", "ldm", "gpt2", "joint", "vocoder", "toy")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 PRNG_IMPLS = ("auto", "threefry2x32", "rbg", "unsafe_rbg")
 SCHEDULES = ("cosine", "linear", "constant")
+TEXT_ENCODERS_2 = ("t5", "vits")
 
 # Model sections of the config and the dataclass each one builds.
 MODEL_CLASSES = {
     "unet": UNetConfig, "vae": VAEConfig, "vocoder": VocoderConfig, "audiomae": AudioMAEConfig,
-    "gpt2": GPT2Config, "t5": T5Config, "projection": ProjectionConfig,
+    "gpt2": GPT2Config, "t5": T5Config, "projection": ProjectionConfig, "vits": VitsTextConfig,
 }
 
 
@@ -110,15 +115,24 @@ def base_config() -> ml_collections.ConfigDict:
     for name, cls in MODEL_CLASSES.items():
         c.model[name] = ml_collections.ConfigDict(_dataclass_dict(cls()), type_safe=False)
     c.model.clap = ml_collections.ConfigDict(_clap_dict(ClapConfig()), type_safe=False)
+    c.model.vits.vocab_size = 183  # the speech checkpoints' phoneme vocabulary (transformers' default is 38)
+    # The projection's second stream: "t5" (the caption through FLAN-T5) or "vits" (the clip's transcription
+    # through the VITS phoneme encoder, with the projection's learned position table: the speech models).
+    c.model.text_encoder_2 = "t5"
     c.model.discriminator = ml_collections.ConfigDict(type_safe=False)  # passed to the GAN discriminators
 
     # Starting / frozen weights per component: "" = random init from `seed`; a folder = a diffusers /
     # transformers checkpoint, a component saved by this trainer, or a training workdir (its latest export).
     c.init = ml_collections.ConfigDict({name: "" for name in (
-        "unet", "vae", "vocoder", "audiomae", "gpt2", "t5", "clap", "projection")})
+        "unet", "vae", "vocoder", "audiomae", "gpt2", "t5", "clap", "projection", "vits")})
 
     c.text = ml_collections.ConfigDict(dict(
-        t5_tokenizer="", clap_tokenizer="", t5_max_length=128, clap_max_length=64))
+        t5_tokenizer="", clap_tokenizer="", t5_max_length=128, clap_max_length=64,
+        # speech models: a VitsTokenizer folder (default: tokenizer_2/ beside init.vits); transcriptions are padded
+        # to vits_max_length phonemes, 0 = model.projection.max_seq_length (the only length its table accepts)
+        vits_tokenizer="", vits_max_length=0,
+        transcription_from_caption=False,  # an empty transcription reads the caption (procedural smoke runs)
+        default_caption=""))  # the caption of clips without one (LJSpeech has none: e.g. "a woman speaks")
 
     c.diffusion = ml_collections.ConfigDict(dict(
         num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear",
@@ -247,6 +261,11 @@ def validate(config, num_devices: int | None = None, process_count: int | None =
         problems.append(f"ldm.cond_dropout={d['ldm']['cond_dropout']} must be in [0, 1)")
     if not 0.0 <= d["joint"]["p_gt"] <= 1.0:
         problems.append(f"joint.p_gt={d['joint']['p_gt']} must be in [0, 1]")
+    if d["model"]["text_encoder_2"] not in TEXT_ENCODERS_2:
+        problems.append(f"model.text_encoder_2={d['model']['text_encoder_2']!r} is not one of {TEXT_ENCODERS_2}")
+    if not isinstance(d["text"]["vits_max_length"], int) or d["text"]["vits_max_length"] < 0:
+        problems.append(f"text.vits_max_length={d['text']['vits_max_length']!r} must be a non-negative integer "
+                        "(0: model.projection.max_seq_length)")
     if d["gpt2"]["loss"] not in ("l1", "mse"):
         problems.append(f"gpt2.loss={d['gpt2']['loss']!r} is not 'l1' or 'mse'")
     if d["diffusion"]["prediction_type"] not in ("epsilon", "v_prediction"):

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -35,6 +36,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from audioldm2_jax.parallel import distributed as dist
 from audioldm2_jax.parallel.partitioning import logical_to_shardings, make_mesh
 from audioldm2_jax.train import checkpoint as ckpt_lib
 from audioldm2_jax.train import config as config_lib
@@ -56,21 +58,11 @@ class NonFiniteError(RuntimeError):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _launched_multihost() -> bool:
-    env = os.environ
-    for key in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS"):
-        if env.get(key):
-            return True
-    for key in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
-        if env.get(key, "1").isdigit() and int(env.get(key, "1")) > 1:
-            return True
-    return bool(env.get("TPU_WORKER_HOSTNAMES", "").count(","))
-
-
 def setup_runtime(config) -> None:
-    """Process-level settings, before any device is touched: XLA:CPU compile flags, multi-host initialisation
-    (``jax.distributed.initialize`` reads the coordinator from the environment: SLURM, Open MPI, TPU pods, or
-    ``JAX_COORDINATOR_ADDRESS``), and the PRNG implementation."""
+    """Process-level settings, before any device is touched: XLA:CPU compile flags, multi-process initialisation
+    (:func:`audioldm2_jax.parallel.distributed.initialize`: the coordinator from ``JAX_COORDINATOR_ADDRESS`` /
+    ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID`` as :mod:`audioldm2_jax.launch` sets them, or SLURM, Open MPI and
+    TPU pods by jax's cluster detection; gloo collectives on the CPU), and the PRNG implementation."""
     if config.get("xla_cpu_fast_compile", False):
         flags = os.environ.get("XLA_FLAGS", "")
         if "xla_backend_optimization_level" not in flags:
@@ -78,9 +70,14 @@ def setup_runtime(config) -> None:
     mode = config.get("distributed", "auto")
     if mode not in ("auto", "on", "off"):
         raise ValueError(f"distributed={mode!r} is not one of auto, on, off")
-    if mode == "on" or (mode == "auto" and _launched_multihost()):
-        if not jax.distributed.is_initialized():
-            jax.distributed.initialize()
+    settings = dist.DistributedSettings.from_env()
+    if mode == "off" and settings.explicit and not jax.distributed.is_initialized():
+        # N copies of a single-process run would overwrite each other's checkpoints in the same workdir.
+        raise config_lib.ConfigError(
+            f"distributed='off', but this process was launched as process {settings.process_id} of "
+            f"{settings.num_processes} ({dist.ENV_NUM_PROCESSES}); pass --config.distributed=auto")
+    if mode == "on" or (mode == "auto" and dist.launched_multiprocess(settings)):
+        dist.initialize(settings, force=True)
     impl = config_lib.resolve_prng_impl(config.get("prng_impl", "auto"))
     if impl is not None:
         jax.config.update("jax_default_prng_impl", impl)
@@ -401,7 +398,9 @@ def _run(trainer: Trainer, stop_at_step: int | None) -> dict:
     num_steps = int(config.num_steps)
     _save_run_config(config, workdir)
     writer = metrics_lib.MetricWriter(workdir, tensorboard=bool(config.log.tensorboard), jsonl=bool(config.log.jsonl))
-    preemption = ckpt_lib.PreemptionFlag()
+    # Several processes must agree on the step at which they save: jax's preemption service does (SIGTERM to any
+    # process -> reached_preemption at the same step everywhere), a per-process flag would not.
+    preemption = ckpt_lib.PreemptionFlag(signals=() if jax.process_count() > 1 else (signal.SIGTERM,))
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", int(config.checkpoint.every_steps),
                                          int(config.checkpoint.keep), bool(config.checkpoint.async_save))
     iterator = make_dataset(data_config(config), seed=int(config.seed))
@@ -420,6 +419,7 @@ def _run(trainer: Trainer, stop_at_step: int | None) -> dict:
     try:
         # ---- frozen networks: saved once, so that randomly initialised ones stay the same across restarts
         frozen_dir = workdir / "frozen"
+        dist.sync("frozen-check")  # every process decides on the same view of the workdir
         if trainer.stage.frozen_components and frozen_dir.is_dir():
             frozen = ckpt_lib.restore_frozen(frozen_dir, trainer.abstract_frozen())
         else:
@@ -529,7 +529,13 @@ def _run(trainer: Trainer, stop_at_step: int | None) -> dict:
             if final_step >= num_steps:
                 from audioldm2_jax.train import export as export_lib
 
-                summary["export"] = str(export_lib.export_stage(trainer, state, frozen, workdir / "export"))
+                export_state, export_frozen = state, frozen
+                if jax.process_count() > 1:  # parameters sharded across processes: whole copies on every host
+                    export_state = state.replace(params=dist.gather_to_host(state.params),
+                                                 ema=dist.gather_to_host(state.ema))
+                    export_frozen = dist.gather_to_host(frozen)
+                summary["export"] = str(export_lib.export_stage(trainer, export_state, export_frozen,
+                                                                workdir / "export"))
                 lap("export")
                 if int(config.log.sample_every_steps) > 0 and sample_batch is not None:
                     _write_samples(trainer, state, frozen, sample_batch, base_key, final_step, writer)
@@ -564,6 +570,7 @@ def _write_samples(trainer: Trainer, state, frozen, batch, base_key, step: int, 
         key = jax.random.fold_in(jax.random.fold_in(base_key, 1 << 20), step)
         with trainer.context():
             out = trainer.stage.samples(trainer.export_params(state), frozen, state.extras, batch, key)
+        out = dist.gather_to_host(out) if jax.process_count() > 1 else out
         for name, item in out.items():
             if item.get("waveform") is not None:
                 writer.audio(step, f"samples/{name}", np.asarray(item["waveform"]))
@@ -576,5 +583,7 @@ def _write_samples(trainer: Trainer, state, frozen, batch, base_key, step: int, 
 def train(config, workdir) -> dict:
     """Sets up the runtime, builds the trainer and runs ``config.stage``; returns the run's summary."""
     setup_runtime(config)
-    trainer = Trainer.build(config, workdir)
-    return trainer.run()
+    # In a multi-process run an error in one process stops all of them, each reporting its index.
+    with dist.exit_together({config_lib.ConfigError: 2, NonFiniteError: 2}):
+        trainer = Trainer.build(config, workdir)
+        return trainer.run()

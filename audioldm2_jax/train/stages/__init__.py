@@ -125,6 +125,12 @@ class Stage:
                     out[name] = (self.model_configs[name], params[group][name], {})
         for name, (cfg, loaded_params, extra) in self.loaded.items():
             out.setdefault(name, (cfg, loaded_params, extra))
+        # Frozen networks that started from random initialisation are part of the model the stage trained against
+        # (a from-scratch UNet is useless without the same random T5). The frozen AudioMAE is its encoder alone,
+        # not a loadable masked autoencoder: it stays in the workdir's frozen/ folder.
+        for name in self.frozen_components:
+            if name not in out and name != "audiomae" and name in frozen:
+                out[name] = (self.model_configs[name], frozen[name], {"random_init": True})
         for name in self.passenger_components:
             source = self.config.init.get(name, "")
             if source and name not in out:

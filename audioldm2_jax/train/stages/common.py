@@ -1,5 +1,5 @@
-"""Pieces several stages share: caption tokenisation, the frozen conditioning networks (T5, CLAP, AudioMAE LOA),
-VAE latents, and feature cropping."""
+"""Pieces several stages share: caption and transcription tokenisation, the frozen conditioning networks (T5, CLAP,
+VITS, AudioMAE LOA), VAE latents, and feature cropping."""
 
 from __future__ import annotations
 
@@ -12,16 +12,44 @@ import numpy as np
 
 from audioldm2_jax.models.audiomae import AudioMAEEncoder, loa_pooling, pool_loa
 from audioldm2_jax.models.vae import AutoencoderKL
+from audioldm2_jax.models.vits_text import END_OF_PHONEMES_ID, mark_end_of_phonemes
 from audioldm2_jax.train import components as comp
 from audioldm2_jax.train import text as text_lib
 
-# diffusers' pipeline folders name the tokenizers after the encoders they feed.
-TOKENIZER_SUBFOLDERS = {"clap": "tokenizer", "t5": "tokenizer_2"}
+# diffusers' pipeline folders name the tokenizers after the encoders they feed (the second encoder, T5 or VITS,
+# reads tokenizer_2/).
+TOKENIZER_SUBFOLDERS = {"clap": "tokenizer", "t5": "tokenizer_2", "vits": "tokenizer_2"}
+
+
+def text_encoder_2(config) -> str:
+    """``"t5"`` or ``"vits"``: the projection's second text stream (``model.text_encoder_2``)."""
+    return str(config.model.get("text_encoder_2", "t5"))
+
+
+def unet_config(config):
+    """The UNet's architecture config: read from ``init.unet`` when it names weights (without loading them),
+    else ``config.model.unet``. Stages call it before building to know whether the UNet has a T5 stream."""
+    from audioldm2_jax.train import config as config_lib
+
+    source = config.init.get("unet", "")
+    return comp.load_component_config("unet", source) if source else config_lib.model_config(config, "unet")
+
+
+def passenger_components(config, base: tuple[str, ...]) -> tuple[str, ...]:
+    """A stage's passengers with the second text encoder the model does not use left out (a speech model's export
+    carries VITS, never T5, and the reverse)."""
+    unused = "t5" if text_encoder_2(config) == "vits" else "vits"
+    return tuple(name for name in base + ("vits",) if name != unused and name in comp.COMPONENTS)
 
 
 def find_tokenizer(config, encoder: str) -> str:
-    """The tokenizer folder of ``encoder`` ("t5" / "clap"): ``config.text.<encoder>_tokenizer``, else next to the
-    encoder's weights (``tokenizer_2/`` or ``tokenizer/`` in the same pipeline folder, export or workdir)."""
+    """The tokenizer folder of ``encoder`` ("t5" / "clap" / "vits"): ``config.text.<encoder>_tokenizer``, else next
+    to the encoder's weights (``tokenizer_2/`` or ``tokenizer/`` in the same pipeline folder, export or workdir).
+
+    T5 and VITS share ``tokenizer_2/``: only the one ``model.text_encoder_2`` names has a tokenizer here (so that an
+    export copies the right one)."""
+    if encoder in ("t5", "vits") and encoder != text_encoder_2(config):
+        raise ValueError(f"no {encoder} tokenizer: model.text_encoder_2={text_encoder_2(config)!r}")
     explicit = config.text.get(f"{encoder}_tokenizer", "")
     if explicit:
         return explicit
@@ -56,11 +84,73 @@ class CaptionTokenizer:
         return ids, mask
 
 
-def captions_of(batch: Mapping[str, Any]) -> np.ndarray:
+class TranscriptionTokenizer:
+    """Phoneme ids of a batch of transcriptions for the VITS encoder, exactly as the inference pipeline makes them:
+    padded (and cut) to ``max_length``, the first padded position turned into the end-of-phonemes mark (id 182,
+    joining the mask). Rows cut at ``max_length`` get no mark, as in the pipeline."""
+
+    def __init__(self, path: str, max_length: int):
+        self.path = path
+        self.tokenizer = text_lib.load_tokenizer(path)
+        self.max_length = int(max_length)
+
+    def __call__(self, transcriptions) -> tuple[np.ndarray, np.ndarray]:
+        texts = [str(t) for t in np.asarray(transcriptions).reshape(-1)]
+        out = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_length,
+                             return_tensors="np")
+        ids, mask = mark_end_of_phonemes(np.asarray(out["input_ids"]), np.asarray(out["attention_mask"]))
+        return ids.astype(np.int32), mask.astype(np.int32)
+
+    def check(self, vocab_size: int) -> None:
+        """The tokenizer must pad to ``max_length`` at inference too, and every id must have an embedding."""
+        from audioldm2_jax.train.config import ConfigError
+
+        problems = []
+        model_max = int(getattr(self.tokenizer, "model_max_length", 0) or 0)
+        if model_max != self.max_length:
+            problems.append(f"the VITS tokenizer at {self.path} has model_max_length={model_max}, but training pads "
+                            f"transcriptions to {self.max_length} phonemes (model.projection.max_seq_length / "
+                            "text.vits_max_length); the inference pipeline pads to model_max_length, so the two must "
+                            "agree: save the tokenizer with model_max_length set to it")
+        if len(self.tokenizer) > vocab_size or END_OF_PHONEMES_ID >= vocab_size:
+            problems.append(f"model.vits.vocab_size={vocab_size} has no embedding for every id: the tokenizer has "
+                            f"{len(self.tokenizer)} symbols and the end-of-phonemes mark is id {END_OF_PHONEMES_ID}")
+        if problems:
+            raise ConfigError("config error: " + "; ".join(problems))
+
+
+def captions_of(batch: Mapping[str, Any], default: str = "") -> np.ndarray:
+    """The batch's captions ``[B]``; empty ones become ``default`` (``text.default_caption``) when it is set."""
     for key in ("caption", "captions", "text"):
         if key in batch:
-            return np.asarray(batch[key])
+            captions = np.asarray(batch[key]).reshape(-1)
+            if default:
+                captions = np.asarray([str(c) if str(c).strip() else default for c in captions])
+            return captions
     raise KeyError(f"the batch has no caption field (keys: {sorted(batch)})")
+
+
+def transcriptions_of(batch: Mapping[str, Any], captions: np.ndarray | None = None) -> np.ndarray:
+    """The batch's transcriptions ``[B]`` (what a speech model speaks). With ``captions`` (the config's
+    ``text.transcription_from_caption``), an empty transcription reads the caption instead.
+
+    Raises a ConfigError when the batch has no transcription field, or when every transcription is empty and no
+    caption stands in: a speech model trained on empty phoneme streams learns to ignore them."""
+    from audioldm2_jax.train.config import ConfigError
+
+    if "transcription" not in batch:
+        raise ConfigError(f"config error: model.text_encoder_2='vits' reads each clip's transcription, but the batch "
+                          f"has no 'transcription' field (keys: {sorted(batch)}); use a dataset with transcriptions "
+                          "(LJSpeech, a manifest with a transcription column) or set text.transcription_from_caption")
+    texts = [str(t).strip() for t in np.asarray(batch["transcription"]).reshape(-1)]
+    if captions is not None:
+        texts = [t or str(c) for t, c in zip(texts, np.asarray(captions).reshape(-1))]
+    if not any(texts):
+        raise ConfigError("config error: model.text_encoder_2='vits' reads each clip's transcription, but every "
+                          "transcription in the batch is empty (the procedural dataset has none): use a dataset "
+                          "with transcriptions (LJSpeech, GigaSpeech manifests) or set "
+                          "text.transcription_from_caption=True for a smoke run")
+    return np.asarray(texts)
 
 
 def fit_frames(features: np.ndarray, frames: int) -> np.ndarray:
@@ -140,5 +230,6 @@ def check_dims(what: str, got: int, expected: int, hint: str) -> None:
         raise ConfigError(f"config error: {what}: {got} != {expected} ({hint})")
 
 
-__all__ = ["CaptionTokenizer", "LOAExtractor", "audiomae_fbank", "captions_of", "check_dims", "comp",
-           "find_tokenizer", "fit_frames", "frozen_encoder_params", "init_mae_encoder", "log_mel", "vae_latents"]
+__all__ = ["CaptionTokenizer", "LOAExtractor", "TranscriptionTokenizer", "audiomae_fbank", "captions_of", "check_dims",
+           "comp", "find_tokenizer", "fit_frames", "frozen_encoder_params", "init_mae_encoder", "log_mel",
+           "passenger_components", "text_encoder_2", "transcriptions_of", "unet_config", "vae_latents"]

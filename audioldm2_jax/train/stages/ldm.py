@@ -1,6 +1,8 @@
 """The LDM stage: the T-UNet learns to denoise VAE latents of log-mel spectrograms, conditioned on the ground-truth
-Language of Audio (LOA) of the same clip from a frozen AudioMAE (AudioLDM 2's self-supervised training) and on
-the frozen T5 encoding of its caption.
+Language of Audio (LOA) of the same clip from a frozen AudioMAE (AudioLDM 2's self-supervised training) and, when
+the UNet has a second context stream, on the frozen T5 encoding of its caption. A UNet without one (the speech
+models: ``cross_attention_dim`` names only the GPT-2 / LOA stream) is conditioned on the LOA alone, and the stage
+then neither builds nor runs T5 (no ``t5`` frozen component, no tokenised captions in the batch).
 
 Per step:
 
@@ -9,8 +11,8 @@ Per step:
 - LOA: AudioMAE features of the clip's fbank pooled at rate lambda (``ldm.loa_lambdas``: one value is fixed, several are
   drawn uniformly per step; each rate gives the UNet a different number of LOA tokens, so the step is compiled
   once per rate);
-- condition dropout (``ldm.cond_dropout``): per example, both conditions are replaced by the unconditional ones
-  used with classifier-free guidance: a zero LOA and the T5 encoding of the empty caption;
+- condition dropout (``ldm.cond_dropout``): per example, the conditions are replaced by the unconditional ones
+  used with classifier-free guidance: a zero LOA and (T5 stream) the T5 encoding of the empty caption;
 - the denoising loss of :func:`audioldm2_jax.diffusion.diffusion_loss` (epsilon or v target, the configured
   scaled-linear schedule).
 """
@@ -36,23 +38,39 @@ def schedule_from_config(config) -> NoiseSchedule:
         beta_schedule=str(d.beta_schedule), prediction_type=str(d.prediction_type)))
 
 
+def uses_t5_stream(unet_config) -> bool:
+    """Whether a UNet cross-attends to a second (T5) context stream besides the LOA."""
+    return context_dims(unet_config)[1] is not None
+
+
 class ConditionedLDM:
-    """The UNet with its frozen conditioning (VAE, AudioMAE, T5), shared by the LDM and joint stages."""
+    """The UNet with its frozen conditioning (VAE, AudioMAE, and T5 when the UNet has a T5 stream), shared by the
+    LDM and joint stages."""
 
     def __init__(self, stage: Stage, config, dtype):
         cfgs = stage.model_configs
         self.unet = AudioLDM2UNet(cfgs["unet"], dtype=dtype)
         self.vae = AutoencoderKL(cfgs["vae"], dtype=dtype)
         self.loa = common.LOAExtractor(cfgs["audiomae"], dtype)
-        self.t5 = T5EncoderModel(cfgs["t5"], dtype=dtype)
         self.schedule = schedule_from_config(config)
         self.prediction_type = str(config.diffusion.prediction_type)
-        self.t5_tokens = common.CaptionTokenizer(common.find_tokenizer(config, "t5"), config.text.t5_max_length)
         self.cond_dropout = float(config.ldm.cond_dropout)
         self.sample_posterior = bool(config.ldm.sample_posterior)
         self.vae_factor = cfgs["vae"].downsample_factor
+        self.default_caption = str(config.text.get("default_caption", ""))
 
         d0, d1 = context_dims(cfgs["unet"])
+        self.uses_t5 = d1 is not None
+        if self.uses_t5 and common.text_encoder_2(config) == "vits":
+            from audioldm2_jax.train.config import ConfigError
+
+            raise ConfigError(f"config error: model.text_encoder_2='vits' (a speech model), but "
+                              f"model.unet.cross_attention_dim={cfgs['unet'].cross_attention_dim} has a T5 stream "
+                              f"(width {d1}); the speech UNets attend to the GPT-2 / LOA stream only, e.g. "
+                              "cross_attention_dim=((None, 768),) * 4")
+        if self.uses_t5:
+            self.t5 = T5EncoderModel(cfgs["t5"], dtype=dtype)
+            self.t5_tokens = common.CaptionTokenizer(common.find_tokenizer(config, "t5"), config.text.t5_max_length)
         common.check_dims("model.unet LOA context width vs model.audiomae.embed_dim", d0, cfgs["audiomae"].embed_dim,
                           "the UNet cross-attends to AudioMAE / GPT-2 features")
         if d1 is not None:
@@ -62,15 +80,21 @@ class ConditionedLDM:
                           cfgs["vae"].latent_channels, "the UNet denoises VAE latents")
 
     def host_batch(self, batch, mae_config) -> dict:
-        ids, mask = self.t5_tokens(common.captions_of(batch))
-        return {"log_mel": common.log_mel(batch, self.vae_factor), "fbank": common.audiomae_fbank(batch, mae_config),
-                "t5_ids": ids, "t5_mask": mask}
+        out = {"log_mel": common.log_mel(batch, self.vae_factor), "fbank": common.audiomae_fbank(batch, mae_config)}
+        if self.uses_t5:
+            out["t5_ids"], out["t5_mask"] = self.t5_tokens(common.captions_of(batch, self.default_caption))
+        return out
 
     def latents(self, frozen, extras, batch, key):
         z = common.vae_latents(self.vae, frozen["vae"], batch["log_mel"], key if self.sample_posterior else None)
         return z * extras["latent_scale"]
 
-    def t5_stream(self, frozen, ids, mask):
+    def t5_stream(self, frozen, batch, dropped):
+        """The UNet's T5 context ``([B, L, D1], mask [B, L])`` of the (possibly dropped) captions, or
+        ``(None, None)`` for a UNet without a T5 stream."""
+        if not self.uses_t5:
+            return None, None
+        ids, mask = self.t5_tokens.drop(batch["t5_ids"], batch["t5_mask"], dropped)
         hidden = self.t5.apply({"params": frozen["t5"]}, ids, mask)
         return jax.lax.stop_gradient(hidden), mask
 
@@ -84,9 +108,12 @@ class ConditionedLDM:
 class LDMStage(Stage):
     name = "ldm"
     group_components = {"unet": ("unet",)}
-    frozen_components = ("vae", "audiomae", "t5")
+    frozen_components = ("vae", "audiomae", "t5")  # without "t5" for a UNet with no T5 stream (per instance)
 
     def __init__(self, config, dtype=jnp.float32):
+        # Decided before the base class loads weights, so that a speech UNet never loads (or exports) a T5.
+        self.frozen_components = ("vae", "audiomae") + (("t5",) if uses_t5_stream(common.unet_config(config)) else ())
+        self.passenger_components = common.passenger_components(config, Stage.passenger_components)
         super().__init__(config, dtype)
         self.ldm = ConditionedLDM(self, config, dtype)
         self.lambdas = tuple(int(v) for v in config.ldm.loa_lambdas)
@@ -129,8 +156,7 @@ class LDMStage(Stage):
         latents = self.ldm.latents(frozen, extras, batch, k_post)
         loa = self.ldm.loa(frozen["audiomae"], batch["fbank"], lam)
         dropped = jax.random.bernoulli(k_drop, self.ldm.cond_dropout, (latents.shape[0],))
-        ids, mask = self.ldm.t5_tokens.drop(batch["t5_ids"], batch["t5_mask"], dropped)
-        t5_hidden, t5_mask = self.ldm.t5_stream(frozen, ids, mask)
+        t5_hidden, t5_mask = self.ldm.t5_stream(frozen, batch, dropped)
         loa = jnp.where(dropped[:, None, None], 0.0, loa)
         loss = self.ldm.denoising_loss(params["unet"]["unet"], latents, loa, t5_hidden, t5_mask, k_diff)
         return loss, {"latent_std": jnp.std(latents.astype(jnp.float32)), "cond_dropped": dropped.mean()}

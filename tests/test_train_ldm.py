@@ -5,7 +5,6 @@ restored onto an 8-device fsdp x tensor mesh takes the same step as on one devic
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -13,92 +12,30 @@ import pytest
 
 from audioldm2_jax.train import components as comp
 from audioldm2_jax.train import config as config_lib
-from audioldm2_jax.train import text
-from audioldm2_jax.train.checkpoint import Checkpointer
+from audioldm2_jax.train import testing
 from audioldm2_jax.train.loop import Trainer
 from audioldm2_jax.train.metrics import read_jsonl
 
-ROOT = Path(__file__).resolve().parents[1]
 STEPS = 8
 
 
 @pytest.fixture(scope="module")
 def tokenizers(tmp_path_factory):
-    return text.build_caption_tokenizers(tmp_path_factory.mktemp("tokenizers"))
-
-
-def ldm_config(tokenizers, **mesh):
-    import sys
-
-    sys.path.insert(0, str(ROOT))
-    from configs import common
-
-    c = common.base_config()
-    c.stage = "ldm"
-    common.cpu_run(c)
-    common.micro_models(c, frames=128)
-    # two UNet levels: a plain block and a cross-attention block, plus the mid block
-    c.model.unet.update(dict(block_out_channels=(16, 16), layers_per_block=(1, 1),
-                             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                             cross_attention_dim=((None, 16, 16),) * 2, transformer_layers_per_block=(1, 1),
-                             num_heads=(2, 2)))
-    common.procedural_data(c, 1.28, clips=8)
-    c.data.compute_fbank = True
-    c.text.t5_tokenizer = str(tokenizers[1])
-    c.batch_size = 4
-    c.num_steps = STEPS
-    c.optimizer.learning_rate = 2e-3
-    c.optimizer.schedule = "constant"
-    c.ema.decay = 0.9
-    c.ldm.loa_lambdas = (4,)
-    c.checkpoint.every_steps = 4
-    c.log.every_steps = 1
-    c.log.progress_bar = False
-    c.log.tensorboard = False
-    c.mesh.update(mesh or dict(data=1, fsdp=1, tensor=1))
-    return c
+    return testing.caption_tokenizers(tmp_path_factory.mktemp("tokenizers"))
 
 
 @pytest.fixture(scope="module")
 def ldm_run(tokenizers, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("ldm")
-    trainer = Trainer.build(ldm_config(tokenizers), workdir, devices=jax.devices()[:1])
+    trainer = Trainer.build(testing.micro_config("ldm", tokenizers), workdir, devices=jax.devices()[:1])
     summary = trainer.run()
     return trainer, summary, workdir
-
-
-def _batch(trainer, index=0):
-    from audioldm2_jax.data.pipeline import make_dataset
-    from audioldm2_jax.train.loop import data_config
-
-    iterator = make_dataset(data_config(trainer.config), seed=1)
-    for _ in range(index):
-        next(iterator)
-    return next(iterator)
-
-
-def _loss_at(trainer, state, frozen, host_batch, step=100):
-    """The loss of ``state``'s parameters on one batch with the random draws of a fixed step (one train step on a
-    copy whose update is discarded)."""
-    probe = jax.device_put(jax.device_get(state.replace(step=np.int32(step))), trainer.state_shardings)
-    _, metrics = trainer.step(probe, frozen, trainer.device_batch(host_batch), jax.random.key(9), 4)
-    return float(metrics["loss"])
-
-
-def _restore(trainer, workdir, step):
-    from audioldm2_jax.train.checkpoint import restore_frozen
-
-    checkpointer = Checkpointer(workdir / "checkpoints", 4, 3)
-    state = checkpointer.restore(step, trainer.restore_target())
-    checkpointer.close()
-    return state, restore_frozen(workdir / "frozen", trainer.abstract_frozen())
 
 
 def test_lambda_is_drawn_per_step_reproducibly(tokenizers):
     from audioldm2_jax.train.stages import make_stage
 
-    c = ldm_config(tokenizers)
+    c = testing.micro_config("ldm", tokenizers)
     c.ldm.loa_lambdas = (1, 2, 4, 8)
     stage = make_stage(c)
     draws = [stage.step_options(s) for s in range(800)]
@@ -117,26 +54,23 @@ def test_training_lowers_the_loss_and_scales_latents_from_data(ldm_run):
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     # latent_scale = 1 / std of the first batch's latents: the first step's latents have unit spread
     assert 0.8 < rows[0]["latent_std"] < 1.25
-    state4, frozen = _restore(trainer, workdir, 4)
-    state8, _ = _restore(trainer, workdir, 8)
-    fresh = trainer.init_state(jax.random.key(0)).replace(extras=state8.extras)
-    host = _batch(trainer)
-    before = _loss_at(trainer, fresh, frozen, host)
-    after = _loss_at(trainer, state8, frozen, host)
-    assert after < 0.8 * before, (before, after)
-    assert _loss_at(trainer, state4, frozen, host) < before
+    # The trained parameters on step 1's batch with step 1's random draws (timesteps, noise, dropout), against
+    # the loss the random initialisation had there.
+    state, frozen = testing.restore(trainer, workdir, STEPS)
+    after = testing.loss_at(trainer, state, frozen, testing.first_batch(trainer), 0, testing.run_keys(trainer.config)[1])
+    assert after["loss"] < 0.75 * rows[0]["loss"], (rows[0]["loss"], after["loss"])
 
 
 def test_sharded_step_equals_one_device_step_after_restoring_onto_each_mesh(ldm_run, tokenizers, tmp_path):
     t1, _, workdir = ldm_run
-    t8 = Trainer.build(ldm_config(tokenizers, data=1, fsdp=4, tensor=2), tmp_path)
-    state8, frozen8 = _restore(t8, workdir, 4)
-    state1, frozen1 = _restore(t1, workdir, 4)
+    t8 = Trainer.build(testing.micro_config("ldm", tokenizers, data=1, fsdp=4, tensor=2), tmp_path)
+    state8, frozen8 = testing.restore(t8, workdir, 4)
+    state1, frozen1 = testing.restore(t1, workdir, 4)
     assert len(state1.params["unet"]["unet"]["conv_in"]["kernel"].sharding.device_set) == 1
     ff = state8.params["unet"]["unet"]["down_blocks_1"]["attentions_0"]["transformer_blocks_0"]["ff"]["net_2"]["kernel"]
     assert ff.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp") and len(ff.addressable_shards) == 8
     assert len(frozen8["t5"]["shared"]["embedding"].sharding.device_set) == 8
-    host = _batch(t8, 1)
+    host = testing.first_batch(t8, 1)
     key = jax.random.key(11)
     new8, m8 = t8.step(state8, frozen8, t8.device_batch(host), key, 4)
     new1, m1 = t1.step(state1, frozen1, t1.device_batch(host), key, 4)
@@ -151,19 +85,21 @@ def test_sharded_step_equals_one_device_step_after_restoring_onto_each_mesh(ldm_
 def test_resumed_run_repeats_the_next_step_loss_and_exports(ldm_run, tokenizers):
     trainer, _, workdir = ldm_run
     logged = {r["step"]: r["loss"] for r in read_jsonl(workdir / "metrics.jsonl")}
-    export = comp.load_component("unet", workdir / "export")
-    state8, _ = _restore(trainer, workdir, 8)
-    for a, b in zip(jax.tree.leaves(export[1]), jax.tree.leaves(jax.device_get(state8.ema["unet"]["unet"]))):
+    config, params, extra = comp.load_component("unet", workdir / "export")
+    assert config == trainer.stage.model_configs["unet"]
+    state, _ = testing.restore(trainer, workdir, STEPS)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(jax.device_get(state.ema["unet"]["unet"]))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert extra["step"] == STEPS and extra["stage"] == "ldm"
 
     resumed_dir = workdir.parent / (workdir.name + "_resumed")
     shutil.copytree(workdir, resumed_dir)
-    shutil.rmtree(resumed_dir / "checkpoints" / "8")
+    shutil.rmtree(resumed_dir / "checkpoints" / str(STEPS))
     (resumed_dir / "metrics.jsonl").unlink()
-    c = ldm_config(tokenizers)
+    c = testing.micro_config("ldm", tokenizers)
     c.num_steps = 5
     resumed = Trainer.build(c, resumed_dir, devices=jax.devices()[:1])
-    resumed.compiled = trainer.compiled
+    resumed.compiled = trainer.compiled  # the same program
     summary = resumed.run()
     assert summary["resumed_from"] == 4 and summary["final_step"] == 5
     row = read_jsonl(resumed_dir / "metrics.jsonl")[-1]

@@ -1,0 +1,98 @@
+"""Helpers for the trainer's tests and for smoke runs: micro configs of every stage, restoring a run's checkpoint,
+and the loss of given parameters on a given batch with a given step's random draws."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def micro_config(stage: str, tokenizers=None, frames: int = 128, **mesh):
+    """A micro-size config of ``stage`` on procedural clips of ``frames`` mel frames (8 clips, batch 4, one device
+    unless ``mesh`` says otherwise): two-level UNet, one-layer text encoders, a 4-token LOA."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from configs import common
+
+    c = common.base_config()
+    c.stage = stage
+    common.cpu_run(c)
+    common.micro_models(c, frames=frames)
+    c.model.unet.update(dict(block_out_channels=(16, 16), layers_per_block=(1, 1),
+                             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                             cross_attention_dim=((None, 16, 16),) * 2, transformer_layers_per_block=(1, 1),
+                             num_heads=(2, 2)))
+    common.procedural_data(c, frames / 100, clips=8)
+    c.data.compute_fbank = stage in ("audiomae", "ldm", "gpt2", "joint")
+    if tokenizers is not None:
+        c.text.clap_tokenizer, c.text.t5_tokenizer = (str(p) for p in tokenizers)
+    c.batch_size = 4
+    c.num_steps = 8
+    c.optimizer.learning_rate = 2e-3
+    c.optimizer.schedule = "constant"
+    c.ema.decay = 0.9
+    c.ldm.loa_lambdas = (4,)
+    c.gpt2.loa_lambda = 4  # (128 frames / 16 / 4) x (8 / 4) = 4 tokens
+    c.model.gpt2.max_new_tokens = 4
+    c.checkpoint.every_steps = 4
+    c.log.every_steps = 1
+    c.log.progress_bar = False
+    c.log.tensorboard = False
+    c.mesh.update(mesh or dict(data=1, fsdp=1, tensor=1))
+    return c
+
+
+def first_batch(trainer, index: int = 0, seed: int | None = None):
+    """Host batch ``index`` of the run's input pipeline (``seed`` default: the run's)."""
+    from audioldm2_jax.data.pipeline import make_dataset
+    from audioldm2_jax.train.loop import data_config
+
+    iterator = make_dataset(data_config(trainer.config), seed=int(trainer.config.seed if seed is None else seed))
+    for _ in range(index):
+        next(iterator)
+    return next(iterator)
+
+
+def run_keys(config):
+    """``(init_key, base_key)`` of a run (the loop splits ``key(seed)``)."""
+    init_key, base_key = jax.random.split(jax.random.key(int(config.seed)))
+    return init_key, base_key
+
+
+def restore(trainer, workdir, step: int):
+    """``(state, frozen)`` of a run's checkpoint ``step``, placed on ``trainer``'s mesh."""
+    from audioldm2_jax.train.checkpoint import Checkpointer, restore_frozen
+
+    checkpointer = Checkpointer(Path(workdir) / "checkpoints", 1, None)
+    try:
+        state = checkpointer.restore(step, trainer.restore_target())
+    finally:
+        checkpointer.close()
+    frozen = {}
+    if trainer.stage.frozen_components:
+        frozen = restore_frozen(Path(workdir) / "frozen", trainer.abstract_frozen())
+    return state, frozen
+
+
+def loss_at(trainer, state, frozen, host_batch, step: int, base_key, options=None) -> dict:
+    """The metrics (losses) of ``state``'s parameters on ``host_batch`` with the random draws of step ``step`` of
+    a run keyed ``base_key``: one train step on a copy whose update is discarded."""
+    probe = jax.device_put(jax.device_get(state.replace(step=np.int32(step))), trainer.state_shardings)
+    options = trainer.stage.step_options(step) if options is None else options
+    _, metrics = trainer.step(probe, frozen, trainer.device_batch(host_batch), base_key, options)
+    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def caption_tokenizers(directory):
+    from audioldm2_jax.train import text
+
+    return text.build_caption_tokenizers(directory)
+
+
+__all__ = ["caption_tokenizers", "first_batch", "loss_at", "micro_config", "restore", "run_keys"]
