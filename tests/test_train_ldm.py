@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 
 import jax
+import matplotlib.image
 import numpy as np
 import pytest
 
@@ -27,7 +28,9 @@ def tokenizers(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ldm_run(tokenizers, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("ldm")
-    trainer = Trainer.build(testing.micro_config("ldm", tokenizers), workdir, devices=jax.devices()[:1])
+    c = testing.micro_config("ldm", tokenizers)
+    c.log.update(dict(sample_every_steps=4, num_samples=1, sample_steps=3))
+    trainer = Trainer.build(c, workdir, devices=jax.devices()[:1])
     summary = trainer.run()
     return trainer, summary, workdir
 
@@ -59,6 +62,17 @@ def test_training_lowers_the_loss_and_scales_latents_from_data(ldm_run):
     state, frozen = testing.restore(trainer, workdir, STEPS)
     after = testing.loss_at(trainer, state, frozen, testing.first_batch(trainer), 0, testing.run_keys(trainer.config)[1])
     assert after["loss"] < 0.75 * rows[0]["loss"], (rows[0]["loss"], after["loss"])
+
+
+def test_spectrogram_samples_are_logged(ldm_run):
+    trainer, _, workdir = ldm_run
+    frames = trainer.config.data.clip_seconds * 100
+    for step in (4, STEPS):
+        for name in ("input_0", "generated_0"):
+            image = matplotlib.image.imread(workdir / "samples" / f"{step:08d}_samples_{name}.png")
+            # frequency up (64 mel bins), time right (the clip's frames, cut to a multiple of the VAE factor)
+            assert image.shape[:2] == (64, frames), (name, image.shape)
+    assert not list((workdir / "samples").glob("*generated_1*"))  # log.num_samples=1
 
 
 def test_sharded_step_equals_one_device_step_after_restoring_onto_each_mesh(ldm_run, tokenizers, tmp_path):

@@ -537,7 +537,8 @@ def _run(trainer: Trainer, stop_at_step: int | None) -> dict:
                 summary["export"] = str(export_lib.export_stage(trainer, export_state, export_frozen,
                                                                 workdir / "export"))
                 lap("export")
-                if int(config.log.sample_every_steps) > 0 and sample_batch is not None:
+                every_sample = int(config.log.sample_every_steps)
+                if every_sample > 0 and final_step % every_sample and sample_batch is not None:
                     _write_samples(trainer, state, frozen, sample_batch, base_key, final_step, writer)
         checkpointer.wait()
         lap("checkpoint")
