@@ -20,16 +20,16 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
-# The main job on a fresh machine. Until the training quickstart lands (issue: training), it runs the inference
-# path end to end: a tiny random-weight AudioLDM 2 checkpoint built locally in the diffusers layout (tokenizers
-# included), then sample.py on prompts of the built-in procedural dataset -> WAV + spectrogram PNG + JSON per clip.
+# The main job on a fresh machine: the training quickstart (audioldm2_jax/train/quickstart.py). Shared tokenizers
+# and frozen text encoders, the six training stages at tiny size on the built-in procedural dataset (two at a time),
+# sampling prompts of the dataset's grammar from the result, and a prompt-following report (pitch class, instrument
+# family, onset rate) with wall times and loss curves. Run it again to resume an interrupted job.
 QUICKSTART ?= runs/quickstart
 quickstart: $(STAMP)
-	mkdir -p $(QUICKSTART)
-	$(PY) tests/pipeline_fixtures.py $(QUICKSTART)/checkpoint
-	$(PY) -m audioldm2_jax.data.procedural --count 8 > $(QUICKSTART)/prompts.txt
-	$(PY) sample.py --checkpoint $(QUICKSTART)/checkpoint --prompts-file $(QUICKSTART)/prompts.txt \
-		--duration 1.28 --steps 20 --scheduler dpmsolver++ --out $(QUICKSTART)/samples
+	$(PY) -m audioldm2_jax.train.quickstart --root $(QUICKSTART)
+	@echo "quickstart outputs: $(QUICKSTART)/report.md and report.json (prompt following, timings),"
+	@echo "  $(QUICKSTART)/samples/ (WAV + spectrogram PNG + JSON per clip), $(QUICKSTART)/loss_<stage>.png;"
+	@echo "  the trained model: $(QUICKSTART)/joint/export (python sample.py --checkpoint $(QUICKSTART)/joint/export ...)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache runs

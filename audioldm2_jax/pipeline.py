@@ -136,7 +136,7 @@ class Timings:
 class AudioLDM2Pipeline:
     """Text (and, for the speech checkpoints, transcription) to 16 kHz audio with AudioLDM 2.
 
-    ``AudioLDM2Pipeline.from_pretrained(path_or_hub_id)`` reads a diffusers-layout checkpoint;
+    ``AudioLDM2Pipeline.from_pretrained(path_or_hub_id)`` reads a diffusers-layout checkpoint or a training export;
     ``pipe(prompts, ...) -> float32 [B * n, samples]``. See ``__call__``.
 
     ``dtype`` is the compute dtype of the UNet, the VAE and the vocoder (the 200-step loop and the decoders);
@@ -191,6 +191,13 @@ class AudioLDM2Pipeline:
         variables = {name: _as_variables(value[1]) for name, value in dict(
             unet=unet, vae=vae, vocoder=vocoder, clap=text_encoder, text_encoder_2=text_encoder_2,
             projection=projection_model, language_model=language_model).items()}
+        # A training export's CLAP is the text tower alone: no audio embeddings, so no ranking. ClapModel's setup
+        # still declares the two logit scales; they get their initial value (the text path never reads them).
+        self.has_clap_audio = "audio_model" in variables["clap"]["params"]
+        if not self.has_clap_audio:
+            scale = np.float32(math.log(self.clap_config.logit_scale_init_value))
+            variables["clap"] = {"params": {"logit_scale_a": scale, "logit_scale_t": scale,
+                                            **variables["clap"]["params"]}}
         self.params = self._place_params(variables)
 
         self._compiled: dict[tuple, Callable] = {}
@@ -209,11 +216,17 @@ class AudioLDM2Pipeline:
         ``model_index.json`` and the folders ``unet``, ``vae``, ``vocoder``, ``text_encoder`` (CLAP),
         ``text_encoder_2`` (T5 or VITS), ``projection_model``, ``language_model`` (GPT-2), ``tokenizer``,
         ``tokenizer_2``, ``scheduler``, ``feature_extractor``. Tokenizers are transformers' classes named in
-        ``model_index.json``. Raises ``CheckpointError`` naming the missing or inconsistent piece."""
+        ``model_index.json``. A folder without ``model_index.json`` that holds the trainer's component folders (a
+        training export, or the workdir above it) is read by :meth:`from_training_export`. Raises
+        ``CheckpointError`` naming the missing or inconsistent piece."""
         root = resolve_checkpoint(path_or_hub_id)
         index_path = root / "model_index.json"
         if not index_path.is_file():
-            raise CheckpointError(f"{root} has no model_index.json: not a diffusers-layout pipeline checkpoint")
+            export = training_export_folder(root)
+            if export is not None:
+                return cls.from_training_export(export, dtype=dtype, mesh=mesh, rules=rules)
+            raise CheckpointError(f"{root} has no model_index.json: not a diffusers-layout pipeline checkpoint (nor a "
+                                  "training export: no component folders with component.json)")
         index = json.loads(index_path.read_text())
         for folder in ("unet", "vae", "vocoder", "text_encoder", "text_encoder_2", "projection_model",
                        "language_model", "tokenizer", "tokenizer_2", "scheduler"):
@@ -248,6 +261,67 @@ class AudioLDM2Pipeline:
             tokenizer_2=_load_tokenizer(root, "tokenizer_2", index),
             scheduler_config=json.loads(scheduler_path.read_text()), clap_features=clap_features,
             unet_sample_size=read_config(root / "unet").get("sample_size"), dtype=dtype, mesh=mesh, rules=rules)
+
+    @classmethod
+    def from_training_export(cls, export: str | os.PathLike, dtype: Dtype = jnp.float32,
+                             mesh: jax.sharding.Mesh | None = None, rules: LogicalRules = DEFAULT_RULES
+                             ) -> "AudioLDM2Pipeline":
+        """Reads what the trainer exports (``<workdir>/export``, see ``audioldm2_jax.train.export``): component
+        folders (``component.json`` + ``params.safetensors``) ``unet``, ``vae``, ``vocoder``, ``gpt2`` (the
+        language model), ``projection``, ``clap`` and the second text encoder: ``t5``, or ``vits`` for a speech
+        model; the tokenizer folders ``tokenizer`` (CLAP) and ``tokenizer_2`` (T5, or the VITS phoneme tokenizer),
+        and ``scheduler/scheduler_config.json``. ``export`` may also be the workdir. Raises ``CheckpointError``
+        naming the missing piece.
+
+        The trainer keeps CLAP's text tower only (it never trains or runs the audio branch), so the pipeline has
+        no CLAP audio embeddings: asking for more than one waveform per prompt (ranked by CLAP) is an error.
+        The VAE's ``scaling_factor`` is the latent scale the UNet was trained with (the LDM stage's), and the
+        default duration is the training clip length (the workdir's ``config.json``, else AudioMAE's input)."""
+        from audioldm2_jax.train import components as comp
+
+        root = Path(export)
+        found = training_export_folder(root) if root.is_dir() else None
+        if found is None:
+            raise CheckpointError(f"{root}: not a training export (expected component folders with "
+                                  f"{comp.META_FILE}, or a workdir with export/)")
+        root = found
+        text_encoder_2 = "vits" if (root / "vits" / comp.META_FILE).is_file() else "t5"
+        loaded = {}
+        for name, role in {**EXPORT_COMPONENTS, text_encoder_2: TEXT_ENCODER_2_ROLES[text_encoder_2]}.items():
+            folder = root / name
+            if not (folder / comp.META_FILE).is_file() or not (folder / comp.PARAMS_FILE).is_file():
+                raise CheckpointError(f"{root}: missing component folder {name}/ ({comp.META_FILE} + "
+                                      f"{comp.PARAMS_FILE}), the pipeline's {role}")
+            try:
+                loaded[name] = comp.load_component(name, folder)
+            except (ValueError, KeyError, OSError) as err:
+                raise CheckpointError(f"{folder}: cannot load the {role}: {err}") from err
+            try:
+                comp.check_params_match(name, loaded[name][0], loaded[name][1])
+            except ValueError as err:
+                raise CheckpointError(f"{folder}: {err}") from err
+        for folder in ("tokenizer", "tokenizer_2"):
+            if not (root / folder).is_dir():
+                raise CheckpointError(f"{root}: missing tokenizer folder {folder}/ (the "
+                                      f"{'CLAP' if folder == 'tokenizer' else text_encoder_2.upper()} tokenizer)")
+        scheduler_path = root / "scheduler" / "scheduler_config.json"
+        if not scheduler_path.is_file():
+            raise CheckpointError(f"{root}: missing {scheduler_path.relative_to(root)}")
+
+        vae_config, vae_params, vae_extra = loaded["vae"]
+        if "latent_scale" in vae_extra:  # the LDM stage's scale; the exported config carries it too
+            vae_config = dataclasses.replace(vae_config, scaling_factor=float(vae_extra["latent_scale"]))
+        clap_config, clap_params, _ = loaded["clap"]
+        pair = lambda name: loaded[name][:2]  # noqa: E731
+        return cls(
+            unet=pair("unet"), vae=(vae_config, vae_params), vocoder=pair("vocoder"),
+            text_encoder=(clap_config, dict(clap_params)), text_encoder_2=pair(text_encoder_2),
+            projection_model=pair("projection"), language_model=pair("gpt2"),
+            tokenizer=_export_tokenizer(root, "tokenizer", "clap_max_length"),
+            tokenizer_2=_export_tokenizer(root, "tokenizer_2", f"{text_encoder_2}_max_length"),
+            scheduler_config=json.loads(scheduler_path.read_text()),
+            unet_sample_size=_export_sample_size(root, vae_config.downsample_factor, loaded["vocoder"][0]),
+            dtype=dtype, mesh=mesh, rules=rules)
 
     def on_mesh(self, mesh: jax.sharding.Mesh | None, rules: LogicalRules = DEFAULT_RULES) -> "AudioLDM2Pipeline":
         """The same pipeline (shared configs, tokenizers and weights) with its parameters placed over ``mesh``
@@ -302,6 +376,7 @@ class AudioLDM2Pipeline:
                             else {"params": t5_param_shapes(self.text_encoder_2_config)}),
             projection={"params": projection_param_shapes(self.projection_config)},
             language_model={"params": gpt2_param_shapes(self.language_model_config)})
+        abstract["clap"] = _prune_like(abstract["clap"], variables["clap"])  # text tower only (training exports)
         with nn.logical_axis_rules(self.rules):
             shardings = {name: logical_to_shardings(abstract[name], self.mesh, self.rules) for name in variables}
         # One device_put for the whole tree, from host arrays: JAX then copies each shard straight to its device
@@ -351,7 +426,8 @@ class AudioLDM2Pipeline:
                  transcription: str | Sequence[str] | None = None, audio_length_in_s: float | None = None,
                  num_inference_steps: int = 200, guidance_scale: float = 3.5, num_waveforms_per_prompt: int = 1,
                  scheduler: str = "ddim", eta: float = 0.0, seed: int | Sequence[int] = 0,
-                 latents: np.ndarray | None = None, max_new_tokens: int | None = None) -> np.ndarray:
+                 latents: np.ndarray | None = None, max_new_tokens: int | None = None,
+                 return_mel: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Generates ``num_waveforms_per_prompt`` waveforms per prompt.
 
         Args:
@@ -369,10 +445,13 @@ class AudioLDM2Pipeline:
           latents: initial noise in the reference's layout ``[B * n, C, T/f, mel_bins/f]`` (rows grouped by
             prompt); drawn from the seeds when None.
           max_new_tokens: LOA length (the language model config's ``max_new_tokens`` when None).
+          return_mel: also return the log-mel spectrograms the VAE decoded (the vocoder's input).
 
         Returns:
           float32 ``[B * n, samples]`` at ``self.sampling_rate``; the n waveforms of prompt p are rows
-          ``p * n .. p * n + n - 1``, best CLAP match first when n > 1.
+          ``p * n .. p * n + n - 1``, best CLAP match first when n > 1. With ``return_mel``, the pair
+          ``(waveforms, log_mel)``, ``log_mel`` float32 ``[B * n, frames, mel_bins]`` in the same row order (frames
+          of the rounded-up duration: 100 per second).
         """
         start = time.perf_counter()
         self.timings = Timings()
@@ -380,11 +459,12 @@ class AudioLDM2Pipeline:
                                  guidance_scale, num_waveforms_per_prompt, scheduler, eta, seed, latents,
                                  max_new_tokens)
         text_embeds, loa, context_1, mask_1 = self._encode(request)
-        waveforms = self._sample(request, loa, context_1, mask_1)
+        waveforms, log_mel = self._sample(request, loa, context_1, mask_1)
         if request.num_waveforms > 1:
-            waveforms = self._rank(request, text_embeds, waveforms)
+            order = self._rank(request, text_embeds, waveforms)
+            waveforms, log_mel = waveforms[order], log_mel[order]
         self.timings.total = time.perf_counter() - start
-        return waveforms
+        return (waveforms, log_mel) if return_mel else waveforms
 
     def _validate(self, prompt, negative_prompt, transcription, audio_length_in_s, num_inference_steps,
                   guidance_scale, num_waveforms_per_prompt, scheduler, eta, seed, latents, max_new_tokens
@@ -398,6 +478,10 @@ class AudioLDM2Pipeline:
                 or num_waveforms_per_prompt < 1:
             raise ValueError(f"num_waveforms_per_prompt={num_waveforms_per_prompt!r} must be an integer >= 1")
         n = int(num_waveforms_per_prompt)
+        if n > 1 and not self.has_clap_audio:
+            raise ValueError(f"num_waveforms_per_prompt={n}: ranking several waveforms per prompt needs CLAP's audio "
+                             "branch, and this checkpoint's CLAP has the text tower only (a training export); use "
+                             "num_waveforms_per_prompt=1 (and more seeds for more variations)")
 
         duration = self.default_duration_s if audio_length_in_s is None else audio_length_in_s
         if isinstance(duration, bool) or not isinstance(duration, (int, float, np.integer, np.floating)) \
@@ -581,8 +665,8 @@ class AudioLDM2Pipeline:
 
     def _sample_fn(self, sampler: Sampler, cfg: bool, num_samples: int):
         """The compiled loop: ``(params, latents [Bn, T/f, W, C], loop_seed, loa [R, N, D], context_1 [R, L, D1],
-        mask_1 [R, L], guidance) -> waveforms [Bn, num_samples]``; R = 2 Bn with guidance (``[uncond; cond]``),
-        else Bn."""
+        mask_1 [R, L], guidance) -> (waveforms [Bn, num_samples], log-mel [Bn, T, mel_bins])``; R = 2 Bn with
+        guidance (``[uncond; cond]``), else Bn."""
         unet, vae, vocoder = self.unet, self.vae, self.vocoder
         scaling = float(self.vae_config.scaling_factor)
 
@@ -600,11 +684,11 @@ class AudioLDM2Pipeline:
             x = sample_loop(sampler, denoise, x, jax.random.key(loop_seed))
             mel = vae.apply(params["vae"], x / scaling, method=AutoencoderKL.decode)  # [Bn, T, mel_bins, 1]
             waveforms = vocoder.apply(params["vocoder"], mel[..., 0])
-            return waveforms[:, :num_samples].astype(jnp.float32)
+            return waveforms[:, :num_samples].astype(jnp.float32), mel[..., 0].astype(jnp.float32)
 
         return run
 
-    def _sample(self, request: _Request, loa, context_1, mask_1) -> np.ndarray:
+    def _sample(self, request: _Request, loa, context_1, mask_1) -> tuple[np.ndarray, np.ndarray]:
         start = time.perf_counter()
         compile_before = self.timings.compile
         latents = request.latents
@@ -620,9 +704,9 @@ class AudioLDM2Pipeline:
             args = (self.params, put(latents), put(loop_seed, batched=False), put(loa), put(context_1), put(mask_1),
                     put(np.float32(request.guidance_scale), batched=False))
             compiled = self._compile(key, fn, args)
-            waveforms = np.asarray(jax.device_get(compiled(*args)), np.float32)
+            waveforms, log_mel = (np.asarray(x, np.float32) for x in jax.device_get(compiled(*args)))
         self.timings.sample += time.perf_counter() - start - (self.timings.compile - compile_before)
-        return waveforms
+        return waveforms, log_mel
 
     # ------------------------------------------------------------------------------------------------------------
     # Ranking
@@ -631,6 +715,9 @@ class AudioLDM2Pipeline:
     def clap_audio_embeddings(self, waveforms: np.ndarray, seed: int = 0) -> np.ndarray:
         """L2-normalised CLAP audio embeddings ``[B, P]`` of waveforms ``[B, N]`` at ``self.sampling_rate``
         (resampled to CLAP's rate; clips longer than its window are cropped at offsets drawn from ``seed``)."""
+        if not self.has_clap_audio:
+            raise ValueError("CLAP audio embeddings need CLAP's audio branch; this checkpoint's CLAP has the text "
+                             "tower only (a training export)")
         cfg = self.clap_features
         audio = resample_for_clap(np.asarray(waveforms, np.float32), self.sampling_rate, cfg.sampling_rate)
         crops = random_crop_starts([audio.shape[-1]] * audio.shape[0], cfg, np.random.RandomState(seed))
@@ -646,14 +733,15 @@ class AudioLDM2Pipeline:
             return np.asarray(jax.device_get(compiled(*args)))
 
     def _rank(self, request: _Request, text_embeds: np.ndarray, waveforms: np.ndarray) -> np.ndarray:
-        """Each prompt's waveforms, best CLAP match to that prompt first (the reference compares every waveform
-        with every prompt and can hand one prompt another's audio; here a prompt only ranks its own)."""
+        """The row order that puts, within each prompt's waveforms, the best CLAP match to that prompt first (the
+        reference compares every waveform with every prompt and can hand one prompt another's audio; here a prompt
+        only ranks its own)."""
         start, compile_before = time.perf_counter(), self.timings.compile
         audio_embeds = self.clap_audio_embeddings(waveforms, request.seeds[0])
         order = np.asarray(rank_waveforms(own_prompt_scores(jnp.asarray(text_embeds), jnp.asarray(audio_embeds))))
         self.last_ranking = order
         self.timings.rank += time.perf_counter() - start - (self.timings.compile - compile_before)
-        return waveforms[order]
+        return order
 
     # ------------------------------------------------------------------------------------------------------------
     # Compilation and placement
@@ -707,6 +795,13 @@ def _as_variables(params: dict) -> dict:
     return params if set(params) == {"params"} else {"params": params}
 
 
+def _prune_like(tree, like):
+    """The subtrees of ``tree`` whose keys ``like`` has (``like`` may hold fewer branches)."""
+    if not hasattr(like, "items") or not hasattr(tree, "items"):
+        return tree
+    return {k: _prune_like(tree[k], v) for k, v in like.items() if k in tree}
+
+
 def _as_texts(value, name: str) -> tuple[str, ...]:
     texts = (value,) if isinstance(value, str) else value
     if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
@@ -731,6 +826,58 @@ def _batch_mesh_axes(rules: LogicalRules, mesh) -> tuple[str, ...]:
             targets = (target,) if isinstance(target, str) else tuple(target or ())
             return tuple(a for a in targets if a in mesh.shape)
     return ()
+
+
+# Component folders of a training export -> what each is in the pipeline.
+EXPORT_COMPONENTS = {"unet": "UNet", "vae": "VAE", "vocoder": "vocoder", "gpt2": "language model (GPT-2)",
+                     "projection": "projection model", "clap": "text_encoder (CLAP)"}
+# the second text encoder of a training export: T5, or the VITS phoneme encoder of the speech models
+TEXT_ENCODER_2_ROLES = {"t5": "text_encoder_2 (T5)", "vits": "text_encoder_2 (VITS phoneme encoder)"}
+
+
+def training_export_folder(path: str | os.PathLike) -> Path | None:
+    """The training export in ``path`` (``path`` itself or ``path/export``): a folder holding at least one
+    component folder written by the trainer (``<name>/component.json``); None when there is none."""
+    path = Path(path)
+    for candidate in (path, path / "export"):
+        if candidate.is_dir() and any((candidate / name / "component.json").is_file()
+                                      for name in EXPORT_COMPONENTS):
+            return candidate
+    return None
+
+
+def _export_tokenizer(export: Path, folder: str, length_key: str):
+    """A tokenizer of a training export. One trained on the spot (``audioldm2_jax.train.text``) may have no
+    ``model_max_length`` (transformers' huge sentinel, which its fast tokenizers cannot truncate at): it gets the
+    length training used (the workdir's ``text.<length_key>``, e.g. ``text.t5_max_length``), else 512."""
+    tokenizer = _load_tokenizer(export, folder, {})
+    if int(tokenizer.model_max_length) > _MAX_REAL_TOKENIZER_LENGTH:
+        length = 512
+        config_path = export.parent / "config.json"
+        if config_path.is_file():
+            try:
+                length = int(json.loads(config_path.read_text()).get("text", {}).get(length_key) or length)
+            except (ValueError, TypeError):
+                pass
+        tokenizer.model_max_length = length
+    return tokenizer
+
+
+def _export_sample_size(export: Path, vae_factor: int, vocoder_config: VocoderConfig) -> int | None:
+    """Latent frames of the clips the export was trained on: ``data.clip_seconds`` of the workdir's config.json,
+    else AudioMAE's ``input_frames`` (the quickstart trains it on whole clips); None when neither is there."""
+    frames = None
+    config_path = export.parent / "config.json"
+    try:
+        if config_path.is_file():
+            seconds = json.loads(config_path.read_text()).get("data", {}).get("clip_seconds")
+            if seconds:
+                frames = int(round(float(seconds) * vocoder_config.sampling_rate / vocoder_config.hop_length))
+        if frames is None and (export / "audiomae" / "component.json").is_file():
+            frames = int(json.loads((export / "audiomae" / "component.json").read_text())["config"]["input_frames"])
+    except (ValueError, KeyError, TypeError):
+        frames = None
+    return None if not frames else max(1, frames // vae_factor)
 
 
 def _load_tokenizer(root: Path, folder: str, index: Mapping[str, Any]):

@@ -89,6 +89,26 @@ def test_dpm_solver_matches_diffusers(checkpoint, pipe):
     assert np.abs(other[1] - ours[1]).max() > 1e-2
 
 
+def test_return_mel_is_the_reference_vae_decoding(checkpoint, pipe):
+    """``return_mel=True`` also returns the spectrogram the vocoder rendered: diffusers' final latents (its
+    ``output_type="latent"``) decoded by its VAE, and the same waveforms as without it."""
+    _, reference = checkpoint
+    latents = reference_latents(2, DURATION, seed=4)
+    kwargs = dict(prompt=PROMPTS, guidance_scale=2.5)
+    reference.scheduler = DPMSolverMultistepScheduler.from_config(reference.scheduler.config)
+    with torch.no_grad():
+        final = reference(audio_length_in_s=DURATION, num_inference_steps=STEPS, latents=torch.from_numpy(latents),
+                          output_type="latent", **kwargs).audios
+        expected = reference.vae.decode(final / reference.vae.config.scaling_factor).sample[:, 0].numpy()
+    call = dict(audio_length_in_s=DURATION, num_inference_steps=STEPS, scheduler="dpmsolver++", latents=latents,
+                **kwargs)
+    waveforms, log_mel = pipe(return_mel=True, **call)
+    assert log_mel.dtype == np.float32 and log_mel.shape == expected.shape and expected.shape[:2] == (2, 36)
+    err = assert_close(log_mel, expected, rel=1e-4, what="log-mel (dpmsolver++)")
+    print(f"log-mel: max abs error {np.abs(log_mel - expected).max():.2e} (relative {err:.1e})")
+    np.testing.assert_array_equal(waveforms, pipe(**call))
+
+
 def test_seeded_noise(pipe):
     """Without latents the noise comes from the seeds: reproducible, and each clip's from its own seed only."""
     kwargs = dict(audio_length_in_s=DURATION, num_inference_steps=STEPS, scheduler="dpmsolver++")

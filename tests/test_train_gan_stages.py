@@ -21,12 +21,7 @@ STEPS = 8
 def _train(stage: str, workdir, **overrides):
     c = testing.micro_config(stage)
     c.num_steps = STEPS
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    testing.override(c, **overrides)
     trainer = Trainer.build(c, workdir, devices=jax.devices()[:1])
     return trainer, trainer.run()
 
@@ -74,16 +69,22 @@ HIFIGAN_DISC = dict(periods=(2, 3), period_channels=(4, 8), num_scales=2, scale_
 
 
 def test_vocoder_learns_the_mel_to_waveform_map(tmp_path):
+    """HiFi-GAN's losses plus the optional multi-resolution STFT term (weight 2 here, at two resolutions that fit
+    the 2560-sample segments)."""
     trainer, summary = _train("vocoder", tmp_path, **{"model.discriminator": HIFIGAN_DISC,
-                                                      "vocoder.segment_frames": 16, "optimizer.weight_decay": 0.0})
+                                                      "vocoder.segment_frames": 16, "optimizer.weight_decay": 0.0,
+                                                      "vocoder.stft_weight": 2.0,
+                                                      "vocoder.stft_resolutions": ((256, 64), (1024, 256))})
     assert trainer.stage.groups == ("generator", "discriminator")
     assert summary["skipped_steps"] == 0
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     for row in rows:  # the generator's loss is its weighted parts (vocoder.* weights of the config)
-        expected = row["generator/adv"] + row["generator/feature_matching"] + 45.0 * row["generator/mel_l1"]
+        expected = (row["generator/adv"] + row["generator/feature_matching"] + 45.0 * row["generator/mel_l1"]
+                    + 2.0 * row["generator/stft"])
         assert row["generator/loss"] == pytest.approx(expected, rel=1e-5)
     after = _after_training(trainer, tmp_path)
     assert after["generator/mel_l1"] < 0.9 * rows[0]["generator/mel_l1"], (rows[0], after)
+    assert after["generator/stft"] < rows[0]["generator/stft"], (rows[0], after)
     config, _, _ = comp.load_component("vocoder", tmp_path / "export")
     assert config == trainer.stage.model_configs["vocoder"]
     assert not any((tmp_path / "export" / name).exists() for name in ("mpd", "msd"))
@@ -96,3 +97,10 @@ def test_vocoder_segment_longer_than_the_clip_is_a_config_error(tmp_path):
     trainer = Trainer.build(c, tmp_path, devices=jax.devices()[:1])
     with pytest.raises(config_lib.ConfigError, match="segment_frames=1000"):
         trainer.device_batch(testing.first_batch(trainer))
+
+
+def test_vocoder_stft_window_longer_than_the_segment_is_a_config_error(tmp_path):
+    c = testing.override(testing.micro_config("vocoder"), **{
+        "model.discriminator": HIFIGAN_DISC, "vocoder.segment_frames": 8, "vocoder.stft_weight": 1.0})
+    with pytest.raises(config_lib.ConfigError, match="n_fft 2048 > the 1280 samples"):
+        Trainer.build(c, tmp_path, devices=jax.devices()[:1])

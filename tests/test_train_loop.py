@@ -17,6 +17,7 @@ import pytest
 from jax.sharding import PartitionSpec
 
 from audioldm2_jax.train import config as config_lib
+from audioldm2_jax.train import testing
 from audioldm2_jax.train.loop import NonFiniteError, Trainer, accumulate_gradients
 from audioldm2_jax.train.metrics import read_jsonl
 
@@ -27,12 +28,7 @@ def smoke_config(**overrides):
     c = config_lib.load_config_file(str(ROOT / "configs" / "smoke.py"))
     c.log.progress_bar = False
     c.log.tensorboard = False
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    testing.override(c, **overrides)
     return c
 
 

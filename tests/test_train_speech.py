@@ -44,25 +44,10 @@ def vits_dir(tmp_path_factory):
 
 
 def speech_config(stage: str, tokenizers, vits_dir, **overrides):
-    """``testing.micro_config`` turned into the speech model: VITS second stream, UNet without a T5 stream."""
-    c = testing.micro_config(stage, tokenizers)
-    c.text.t5_tokenizer = ""  # a speech model needs no T5 anywhere
-    c.model.text_encoder_2 = "vits"
-    c.model.unet.cross_attention_dim = ((None, 16),) * 2
-    c.model.vits.update(dict(vocab_size=183, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                             window_size=2, ffn_dim=16, flow_size=4))
-    c.model.projection.update(dict(text_encoder_1_dim=16, use_learned_position_embedding=True,
-                                   max_seq_length=PHONEMES))
-    c.text.vits_tokenizer = str(vits_dir)
-    c.text.transcription_from_caption = True  # procedural clips have no speech: they "say" their caption
-    c.checkpoint.every_steps = 1000  # one checkpoint, the final one (the tests restore it)
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    """The micro speech model (``testing.speech_micro_config``) with one checkpoint, the final one (the tests
+    restore it)."""
+    return testing.speech_micro_config(stage, tokenizers, vits_dir, PHONEMES,
+                                       **{"checkpoint.every_steps": 1000, **overrides})
 
 
 def _trained_vs_initial(trainer, workdir):

@@ -24,12 +24,7 @@ def tokenizers(tmp_path_factory):
 
 def _train(stage, tokenizers, workdir, **overrides):
     c = testing.micro_config(stage, tokenizers)
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    testing.override(c, **overrides)
     trainer = Trainer.build(c, workdir, devices=jax.devices()[:1])
     return trainer, trainer.run()
 

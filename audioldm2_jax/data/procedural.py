@@ -4,7 +4,8 @@ It is the built-in default of the quickstart and of the tests: nothing to downlo
 seed ``s`` is always the same), small enough in vocabulary that a small model learns it on two CPU cores, and
 checkable: every clip carries its attributes, and :func:`check_pitch_class`, :func:`check_instrument_family` and
 :func:`check_onset_rate` estimate those attributes back from any waveform, so generated audio can be scored
-against its prompt.
+against its prompt (and :func:`estimate_pitch_class_from_log_mel` reads a note from a spectrogram, before the
+vocoder).
 
 The grammar (all of it lives in this module's constants):
 
@@ -23,6 +24,7 @@ The grammar (all of it lives in this module's constants):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Iterable, Sequence
 
@@ -448,6 +450,52 @@ def check_pitch_class(wave: np.ndarray, expected, sample_rate: int = SAMPLE_RATE
         raise ValueError("check_pitch_class needs at least one expected pitch class")
     found = [NOTE_NAMES.index(name) for name in estimate_pitch_classes(wave, sample_rate, max_notes=len(wanted))]
     return set(found) == wanted
+
+
+def _log_mel_profile(log_mel: np.ndarray, range_db: float = 20.0) -> np.ndarray:
+    """``[T, mel_bins] -> [mel_bins]``: the mean log-mel of the frames within ``range_db`` of the loudest one,
+    standardised (zero mean, unit variance over the bins)."""
+    log_mel = np.asarray(log_mel, np.float64)
+    level_db = 10.0 * np.log10(np.exp(log_mel).sum(axis=1) + 1e-20)
+    profile = log_mel[level_db >= level_db.max() - range_db].mean(axis=0)
+    return (profile - profile.mean()) / max(profile.std(), 1e-9)
+
+
+@functools.lru_cache(maxsize=8)
+def _note_profiles(instruments: tuple[str, ...], octaves: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The standardised log-mel profiles of one held note of each instrument at each MIDI pitch of ``octaves``:
+    ``(midi [K], profiles [K, mel_bins])``."""
+    from audioldm2_jax.audio.mel import log_mel_spectrogram
+
+    midis, profiles = [], []
+    for instrument in instruments:
+        if instrument not in PITCHED_INSTRUMENTS:
+            raise ValueError(f"{instrument!r} has no pitch; pitched instruments: {PITCHED_INSTRUMENTS}")
+        for octave in octaves:
+            for midi in range(12 * (octave + 1), 12 * (octave + 2)):
+                note = _note(instrument, float(midi_to_hz(midi)), 0.6, SAMPLE_RATE, np.random.default_rng(0))
+                profiles.append(_log_mel_profile(log_mel_spectrogram((0.5 * note / np.abs(note).max()).astype(
+                    np.float32))))
+                midis.append(midi)
+    return np.asarray(midis), np.stack(profiles)
+
+
+def estimate_pitch_class_from_log_mel(log_mel: np.ndarray, instruments: Sequence[str] = PITCHED_INSTRUMENTS,
+                                      octaves: Sequence[int] = OCTAVES) -> str:
+    """The pitch class of a single-note clip read from its log-mel spectrogram ``[T, 64]`` (the pipeline's front
+    end), before any vocoder: the note whose spectral profile (the loud frames' mean log-mel over the 64 bins,
+    standardised) correlates best with the profile of a held note of one of ``instruments`` synthesised at each
+    pitch of ``octaves``. At 64 mel bins one bin spans a semitone or more below 1 kHz, but the harmonic pattern
+    above it places the fundamental: on the grammar's true spectrograms of sawtooth and square notes this reads the
+    pitch class right every time (tests)."""
+    log_mel = np.asarray(log_mel)
+    if log_mel.ndim != 2:
+        raise ValueError(f"estimate_pitch_class_from_log_mel expects a [frames, mel_bins] log-mel, got "
+                         f"{log_mel.shape}")
+    midis, profiles = _note_profiles(tuple(instruments), tuple(octaves))
+    if log_mel.shape[1] != profiles.shape[1]:
+        raise ValueError(f"log-mel has {log_mel.shape[1]} bins; the pipeline's front end has {profiles.shape[1]}")
+    return NOTE_NAMES[int(midis[np.argmax(profiles @ _log_mel_profile(log_mel))]) % 12]
 
 
 def timbre_features(wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> dict[str, float]:

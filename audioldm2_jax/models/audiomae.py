@@ -112,7 +112,7 @@ class AudioMAEConfig:
                 if g % w:
                     fail("decoder_window", f"does not tile the {self.grid[0]}x{self.grid[1]} patch grid")
                 if not 0 <= shift[axis] < w:
-                    fail("decoder_shift", f"must be in [0, window) per axis")
+                    fail("decoder_shift", "must be in [0, window) per axis")
 
     @property
     def grid(self) -> tuple[int, int]:

@@ -28,7 +28,6 @@ import re
 import signal
 import threading
 from pathlib import Path
-from typing import Any
 
 import grain
 import jax

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -151,7 +151,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.gpt2 = ml_collections.ConfigDict(dict(loss="l1", loa_lambda=8, cond_dropout=0.1))
     c.joint = ml_collections.ConfigDict(dict(p_gt=0.25, gpt2_loss_weight=1.0))
     c.vocoder = ml_collections.ConfigDict(dict(
-        segment_frames=32, mel_weight=45.0, feature_weight=2.0, adv_weight=1.0))
+        segment_frames=32, mel_weight=45.0, feature_weight=2.0, adv_weight=1.0,
+        stft_weight=0.0, stft_resolutions=((512, 128), (1024, 256), (2048, 512))))
     c.toy = ml_collections.ConfigDict(dict(hidden=64, nan_steps=(), sleep_seconds=0.0))  # the smoke-test stage
     return c
 

@@ -45,7 +45,9 @@ def peak_flops_per_device(device=None, dtype_name: str = "bfloat16") -> float | 
 
 
 def compiled_flops(compiled) -> float | None:
-    """FLOPs of one call of a compiled (partitioned) program per device, from XLA's cost analysis."""
+    """FLOPs of one call of a compiled (partitioned) program per device, from XLA's cost analysis. On CPU the
+    large attentions run as a loop over (example, head) (``layers.per_head_attention``) whose body the analysis
+    counts once: there the figure is a lower bound."""
     try:
         analysis = compiled.cost_analysis()
     except Exception:  # noqa: BLE001 -- some backends do not implement it

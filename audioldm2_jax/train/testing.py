@@ -48,6 +48,34 @@ def micro_config(stage: str, tokenizers=None, frames: int = 128, **mesh):
     return c
 
 
+def override(config, **dotted):
+    """Sets ``config`` entries by dotted key (``override(c, **{"vocoder.segment_frames": 16})``); returns it."""
+    for key, value in dotted.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config
+
+
+def speech_micro_config(stage: str, tokenizers, vits_tokenizer, phonemes: int = 24, **overrides):
+    """:func:`micro_config` turned into a speech model: the VITS phoneme encoder as the second text stream (its
+    tokenizer folder ``vits_tokenizer``, transcriptions padded to ``phonemes``, the projection's learned position
+    table as long), a UNet attending to the LOA only, and no T5 anywhere; procedural clips "say" their caption."""
+    c = micro_config(stage, tokenizers)
+    c.text.t5_tokenizer = ""
+    c.model.text_encoder_2 = "vits"
+    c.model.unet.cross_attention_dim = ((None, 16),) * 2
+    c.model.vits.update(dict(vocab_size=183, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                             window_size=2, ffn_dim=16, flow_size=4))
+    c.model.projection.update(dict(text_encoder_1_dim=16, use_learned_position_embedding=True,
+                                   max_seq_length=phonemes))
+    c.text.vits_tokenizer = str(vits_tokenizer)
+    c.text.transcription_from_caption = True
+    return override(c, **overrides)
+
+
 def first_batch(trainer, index: int = 0, seed: int | None = None):
     """Host batch ``index`` of the run's input pipeline (``seed`` default: the run's)."""
     from audioldm2_jax.data.pipeline import make_dataset

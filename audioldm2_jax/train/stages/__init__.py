@@ -80,11 +80,19 @@ class Stage:
         return {name: self.init_component(name, key) for name, key in zip(names, keys)}
 
     def init_frozen_component(self, name: str, rng: jax.Array):
-        """Boxed random parameters of a frozen component without weights (tests, from-scratch smoke runs)."""
+        """Boxed random parameters of a frozen component without weights (tests, from-scratch smoke runs). A frozen
+        AudioMAE is its encoder only: the LOA extractor."""
+        if name == "audiomae":
+            from audioldm2_jax.models.audiomae import init_encoder
+
+            return init_encoder(rng, self.model_configs["audiomae"])
         return comp.init_fn(name, self.model_configs[name])(rng)
 
     def frozen_from_loaded(self, name: str, params: dict) -> dict:
-        """The part of a loaded component the stage keeps frozen (e.g. AudioMAE's encoder only)."""
+        """The part of a loaded component the stage keeps frozen: AudioMAE is stored as the masked autoencoder
+        (``{"encoder", "decoder"}``), of which frozen uses keep the encoder; anything else whole."""
+        if name == "audiomae" and "encoder" in params:
+            return params["encoder"]
         return params
 
     def loaded_group_params(self, group: str) -> dict[str, Any]:

@@ -210,19 +210,6 @@ def vae_latents(vae: AutoencoderKL, vae_params, mel: jax.Array, key: jax.Array |
     return jax.lax.stop_gradient(z)
 
 
-def frozen_encoder_params(name: str, params: dict) -> dict:
-    """AudioMAE is stored as the masked autoencoder (``{"encoder", "decoder"}``); frozen uses keep the encoder."""
-    if name == "audiomae" and "encoder" in params:
-        return params["encoder"]
-    return params
-
-
-def init_mae_encoder(mae_config):
-    from audioldm2_jax.models.audiomae import init_encoder
-
-    return lambda rng: init_encoder(rng, mae_config)
-
-
 def check_dims(what: str, got: int, expected: int, hint: str) -> None:
     if got != expected:
         from audioldm2_jax.train.config import ConfigError
@@ -231,5 +218,5 @@ def check_dims(what: str, got: int, expected: int, hint: str) -> None:
 
 
 __all__ = ["CaptionTokenizer", "LOAExtractor", "TranscriptionTokenizer", "audiomae_fbank", "captions_of", "check_dims",
-           "comp", "find_tokenizer", "fit_frames", "frozen_encoder_params", "init_mae_encoder", "log_mel",
+           "comp", "find_tokenizer", "fit_frames", "log_mel",
            "passenger_components", "text_encoder_2", "transcriptions_of", "unet_config", "vae_latents"]

@@ -205,14 +205,6 @@ class GPT2Stage(Stage):
         self.text = TextToLOA(self, config, dtype)
         self.cond_dropout = float(config.gpt2.cond_dropout)
 
-    def init_frozen_component(self, name, rng):
-        if name == "audiomae":
-            return common.init_mae_encoder(self.model_configs["audiomae"])(rng)
-        return super().init_frozen_component(name, rng)
-
-    def frozen_from_loaded(self, name, params):
-        return common.frozen_encoder_params(name, params)
-
     def host_batch(self, batch):
         return self.text.host_batch(batch, self.model_configs["audiomae"])
 

@@ -50,14 +50,6 @@ class JointStage(Stage):
         vae_extra = self.loaded.get("vae", (None, None, {}))[2]
         self.latent_scale = float(vae_extra.get("latent_scale", config.ldm.latent_scale))
 
-    def init_frozen_component(self, name, rng):
-        if name == "audiomae":
-            return common.init_mae_encoder(self.model_configs["audiomae"])(rng)
-        return super().init_frozen_component(name, rng)
-
-    def frozen_from_loaded(self, name, params):
-        return common.frozen_encoder_params(name, params)
-
     def host_batch(self, batch):
         out = self.text.host_batch(batch, self.model_configs["audiomae"])
         out["log_mel"] = common.log_mel(batch, self.ldm.vae_factor)

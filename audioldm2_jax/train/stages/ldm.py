@@ -139,14 +139,6 @@ class LDMStage(Stage):
         self.fixed_scale = float(config.ldm.latent_scale)
         self.seed = int(config.seed)
 
-    def init_frozen_component(self, name, rng):
-        if name == "audiomae":
-            return common.init_mae_encoder(self.model_configs["audiomae"])(rng)
-        return super().init_frozen_component(name, rng)
-
-    def frozen_from_loaded(self, name, params):
-        return common.frozen_encoder_params(name, params)
-
     def host_batch(self, batch):
         return self.ldm.host_batch(batch, self.model_configs["audiomae"])
 

@@ -20,7 +20,6 @@ import time
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from audioldm2_jax.models.layers import dense
 from audioldm2_jax.train.stages import Stage

@@ -16,7 +16,6 @@ the discriminator is neither built nor compiled (reconstruction + KL only).
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 

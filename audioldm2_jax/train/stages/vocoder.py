@@ -4,7 +4,8 @@ Each step crops, per example, a random ``vocoder.segment_frames``-frame window o
 matching ``160 * segment_frames`` samples of its waveform (on the device, from the step's random key), then:
 
 - ``generator`` (the vocoder): ``adv_weight * (LSGAN_g(MPD) + LSGAN_g(MSD)) + feature_weight-scaled feature
-  matching (both discriminators) + mel_weight * L1(log-mel(y_hat), log-mel(y))``;
+  matching (both discriminators) + mel_weight * L1(log-mel(y_hat), log-mel(y))``, plus, when
+  ``vocoder.stft_weight > 0``, that weight times the multi-resolution STFT loss (``vocoder.stft_resolutions``);
 - ``discriminator`` (multi-period + multi-scale): ``LSGAN_d(MPD) + LSGAN_d(MSD)`` on the real segment and the
   (stop-gradient) generated one.
 
@@ -63,6 +64,8 @@ class VocoderStage(Stage):
         self.mel_weight = float(v.mel_weight)
         self.feature_weight = float(v.feature_weight)
         self.adv_weight = float(v.adv_weight)
+        self.stft_weight = float(v.get("stft_weight", 0.0))
+        self.stft_resolutions = tuple((int(n), int(h)) for n, h in v.get("stft_resolutions", ()))
         self.vocoder = HifiGanVocoder(self.model_configs["vocoder"], dtype=dtype)
         disc = config.model.discriminator.to_dict() if hasattr(config.model.discriminator, "to_dict") \
             else dict(config.model.discriminator)
@@ -80,6 +83,12 @@ class VocoderStage(Stage):
 
             raise ConfigError(f"config error: model.vocoder makes {cfg.output_length(self.segment)} samples from "
                               f"{self.segment} frames, fewer than {self.segment * HOP}")
+        if self.stft_weight > 0 and max(n for n, _ in self.stft_resolutions) > self.segment * HOP:
+            from audioldm2_jax.train.config import ConfigError
+
+            raise ConfigError(f"config error: vocoder.stft_resolutions has n_fft "
+                              f"{max(n for n, _ in self.stft_resolutions)} > the {self.segment * HOP} samples of a "
+                              f"segment (vocoder.segment_frames={self.segment})")
 
     def init_component(self, name, rng):
         wave = jnp.zeros((1, self.segment * HOP), jnp.float32)
@@ -117,7 +126,11 @@ class VocoderStage(Stage):
                         + gan_losses.feature_matching_loss(msd_fmaps_real, msd_fmaps_fake, self.feature_weight))
             mel_l1 = gan_losses.mel_l1_loss(differentiable_log_mel(wave_seg), differentiable_log_mel(fake))
             loss = self.adv_weight * adv + features + self.mel_weight * mel_l1
-            return loss, {"mel_l1": mel_l1, "adv": adv, "feature_matching": features}
+            parts = {"mel_l1": mel_l1, "adv": adv, "feature_matching": features}
+            if self.stft_weight > 0:
+                parts["stft"] = gan_losses.multi_resolution_stft_loss(wave_seg, fake, self.stft_resolutions)
+                loss = loss + self.stft_weight * parts["stft"]
+            return loss, parts
         fake = jax.lax.stop_gradient(self._generate(params["generator"]["vocoder"], mel_seg))
         mpd_real, _ = self.mpd.apply({"params": disc["mpd"]}, wave_seg)
         mpd_fake, _ = self.mpd.apply({"params": disc["mpd"]}, fake)

@@ -1,0 +1,90 @@
+"""The quickstart end to end at micro size: text pieces, all six stages, sampling from the joint export, the report.
+
+The report's pitch-class accuracy is recounted here independently: the expected note is read back from each
+prompt's caption text (not from the attributes the job drew) and checked on the WAV file the job wrote."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from audioldm2_jax.audio.io import read_audio
+from audioldm2_jax.data.procedural import check_pitch_class, estimate_pitch_class_from_log_mel
+from audioldm2_jax.train import quickstart
+
+NUM_PROMPTS = 3
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quickstart")
+    report = quickstart.run(root, num_prompts=NUM_PROMPTS, micro=True, progress=False)
+    return root, report
+
+
+def _caption_note(caption: str) -> str:
+    """The note a caption names: the one word that is a capital note name (the caption's first word is an
+    article or a tempo word, never a note)."""
+    words = [w.strip(",") for w in caption.split()[1:]]
+    notes = [w for w in words if re.fullmatch(r"[A-G]#?", w)]
+    assert len(notes) == 1, caption
+    return notes[0]
+
+
+def test_every_stage_exports(job):
+    root, report = job
+    qs, common = quickstart._configs()
+    for stage in common.STAGE_ORDER:
+        config = quickstart.stage_config(stage, root, micro=True)
+        assert quickstart.export_complete(root / stage, stage, config.num_steps), stage
+        for name in quickstart.expected_exports(stage):
+            assert (root / stage / "export" / name / "params.safetensors").is_file(), (stage, name)
+        assert (root / f"loss_{stage}.png").is_file(), stage
+        assert report["timings"][stage]["status"].startswith("trained"), report["timings"][stage]
+    joint = set(quickstart.expected_exports("joint"))
+    assert {"unet", "vae", "vocoder", "gpt2", "projection", "t5", "clap", "audiomae"} <= joint
+    for piece in ("t5", "clap", "tokenizer", "tokenizer_2"):
+        assert (root / "text" / piece).is_dir(), piece
+
+
+def test_samples_are_written(job):
+    root, report = job
+    settings = quickstart._configs()[0].sampling_settings(micro=True)
+    wavs = sorted((root / "samples").glob("*.wav"))
+    assert len(wavs) == NUM_PROMPTS
+    for wav in wavs:
+        wave, rate = read_audio(wav)
+        assert rate == 16000 and wave.shape == (int(settings["audio_length_in_s"] * 16000),)
+        assert np.all(np.isfinite(wave))
+        assert wav.with_suffix(".png").stat().st_size > 0
+        meta = json.loads(wav.with_suffix(".json").read_text())
+        assert meta["num_inference_steps"] == settings["num_inference_steps"]
+
+
+def test_report_accuracy_matches_a_recount(job):
+    root, report = job
+    lines = [line.split("|") for line in (root / "prompts.txt").read_text().splitlines() if line]
+    assert len(lines) == NUM_PROMPTS
+    hits, mel_hits = [], []
+    settings = quickstart._configs()[0].sampling_settings(micro=True)
+    for caption, name in lines:
+        wave, rate = read_audio(root / "samples" / f"{name}.wav")
+        hits.append(check_pitch_class(wave, _caption_note(caption), rate))
+        log_mel = np.load(root / "samples" / f"{name}.mel.npy")  # what the diffusion model generated
+        assert log_mel.shape == (round(settings["audio_length_in_s"] * 100), 64)
+        mel_hits.append(estimate_pitch_class_from_log_mel(log_mel) == _caption_note(caption))
+    for check, want in (("pitch_class", hits), ("spectrogram_pitch_class", mel_hits)):
+        pitch = report["summary"][check]
+        assert pitch["count"] == NUM_PROMPTS and pitch["correct"] == sum(want), check
+        assert pitch["accuracy"] == pytest.approx(np.mean(want), abs=1e-12)
+        assert pitch["chance"] == pytest.approx(1 / 12)
+    saved = json.loads((root / "report.json").read_text())
+    assert saved["summary"] == json.loads(json.dumps(report["summary"]))
+    assert "pitch_class" in (root / "report.md").read_text()
+    for stage in quickstart._configs()[1].STAGE_ORDER:
+        assert report["timings"][stage]["wall_s"] > 0
+    phases = ("text", "stages", "sample", "score")  # the stages' own entries overlap inside "stages"
+    assert report["total_wall_s"] >= sum(report["timings"][p]["wall_s"] for p in phases) - 1e-6
