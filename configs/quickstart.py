@@ -14,8 +14,9 @@ gets a hundred-odd steps and the clips are short; the sizes below are what fits.
 other jobs (load 1-6): 12.5 minutes in all (stages 10.5, two at a time; sampling 48 clips 1.5).
 
 What that buys: the samples follow the prompts' tempo and instrument family part of the time, but not their
-pitch. The bottleneck is the vocoder: HiFi-GAN trained from scratch for a few hundred steps renders the true
-spectrograms of the prompts at the right pitch class no more often than chance (the report's ceiling rows show it).
+pitch, and both ends of the chain lose it: HiFi-GAN trained from scratch for 120 steps renders even the true
+spectrograms at chance pitch, and the diffusion model's own spectrograms carry no more pitch than chance (the
+report's spectrogram row and ceiling rows; figures in docs/training.md).
 """
 
 import ml_collections
