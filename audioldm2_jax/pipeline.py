@@ -50,6 +50,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from audioldm2_jax.audio.clap_features import (ClapFeatureConfig, clap_input_features, random_crop_starts,
                                                resample_for_clap)
+from audioldm2_jax.compilation import compile_lowered
 from audioldm2_jax.convert.clap import abstract_params as clap_abstract_params
 from audioldm2_jax.convert.clap import load_clap
 from audioldm2_jax.convert.gpt2 import gpt2_param_shapes, load_gpt2
@@ -748,10 +749,11 @@ class AudioLDM2Pipeline:
     # ------------------------------------------------------------------------------------------------------------
 
     def _compile(self, key: tuple, fn: Callable, args: tuple) -> Callable:
-        """``jax.jit(fn)`` lowered and compiled for ``args`` once per ``key``; the compile time is recorded apart."""
+        """``jax.jit(fn)`` lowered and compiled (:func:`~audioldm2_jax.compilation.compile_lowered`) for ``args`` once
+        per ``key``; the compile time is recorded apart."""
         if key not in self._compiled:
             start = time.perf_counter()
-            self._compiled[key] = jax.jit(fn).lower(*args).compile()
+            self._compiled[key] = compile_lowered(jax.jit(fn).lower(*args))
             seconds = time.perf_counter() - start
             self.timings.compile += seconds
             logger.info("compiled %s in %.1f s", key[0], seconds)

@@ -103,8 +103,12 @@ def test_sharded_step_equals_the_one_device_step(sharded_trainer, tmp_path):
         state1, m1 = t1.step(state1, {}, t1.device_batch(host), key, t1.stage.step_options(index))
         for name in ("denoiser/loss", "probe/loss", "denoiser/grad_norm", "probe/grad_norm"):
             np.testing.assert_allclose(float(m8[name]), float(m1[name]), rtol=2e-5, err_msg=name)
+    # Adam moves an element by about the learning rate whatever its gradient's size, so where a gradient is near
+    # zero the sharded and the one-device sums (different orders) can give visibly different updates: the absolute
+    # tolerance is 1e-3 of the two steps' largest update.
+    update_scale = 2 * c1.optimizer.learning_rate
     for a, b in zip(jax.tree.leaves(host_params(state8)), jax.tree.leaves(host_params(state1))):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3 * update_scale)
     assert state8.params["denoiser"]["denoiser"]["fc_in"]["kernel"].sharding.spec == PartitionSpec("fsdp", "tensor")
 
 

@@ -36,6 +36,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from audioldm2_jax.compilation import compile_lowered
 from audioldm2_jax.parallel import distributed as dist
 from audioldm2_jax.parallel.partitioning import logical_to_shardings, make_mesh
 from audioldm2_jax.train import checkpoint as ckpt_lib
@@ -340,7 +341,7 @@ class Trainer:
         with self.context():
             lowered = jitted.lower(state, frozen, batch, key)
         self.compile_seconds[("lower", options)] = time.perf_counter() - started
-        compiled = lowered.compile()
+        compiled = compile_lowered(lowered)
         self.compile_seconds[options] = time.perf_counter() - started
         log.info("compiled the %s step (options=%r) in %.1f s", self.stage.name, options, self.compile_seconds[options])
         self.compiled[options] = compiled

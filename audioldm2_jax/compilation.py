@@ -1,0 +1,43 @@
+"""Ahead-of-time compilation with the project's XLA options.
+
+On CPU, XLA (jax 0.10) hands convolutions, matrix products and the element-wise work around them to YNNPACK
+"library fusions". For this project's models that is the slower choice on a 2-core AVX2 machine (jax 0.10.2, fp32,
+see docs/benchmarks.md): the T-UNet forward at batch 8 takes about 18 s with them and 14 s without, the VAE decoder
+35.7 s against 25.4 s. :func:`compile_lowered` therefore compiles with XLA's own CPU code generation unless the user
+chose the library fusions in ``XLA_FLAGS``. Other backends compile with XLA's defaults.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+
+log = logging.getLogger(__name__)
+
+# Empty: no YNNPACK library fusions (XLA's own emitters and Eigen's convolutions / matrix products instead).
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def compiler_options(backend: str | None = None) -> dict[str, str]:
+    """The options :func:`compile_lowered` passes for ``backend`` (default: JAX's default backend). Options that
+    ``XLA_FLAGS`` sets are left to it."""
+    if (backend or jax.default_backend()) != "cpu":
+        return {}
+    flags = os.environ.get("XLA_FLAGS", "")
+    return {name: value for name, value in CPU_COMPILER_OPTIONS.items() if name not in flags}
+
+
+def compile_lowered(lowered: jax.stages.Lowered, *, xla_defaults: bool = False) -> jax.stages.Compiled:
+    """``lowered.compile()`` with :func:`compiler_options` (``xla_defaults``: without them). An XLA that does not
+    know an option (another jax version) compiles with its defaults."""
+    options = {} if xla_defaults else compiler_options()
+    if options:
+        try:
+            return lowered.compile(compiler_options=options)
+        except Exception as error:  # noqa: BLE001 - an unknown option surfaces as a runtime error naming it
+            if not any(name in str(error) for name in options):
+                raise
+            log.info("this XLA does not take %s; compiling with its defaults", sorted(options))
+    return lowered.compile()
