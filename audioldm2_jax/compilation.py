@@ -2,8 +2,8 @@
 
 On CPU, XLA (jax 0.10) hands convolutions, matrix products and the element-wise work around them to YNNPACK
 "library fusions". For this project's models that is the slower choice on a 2-core AVX2 machine (jax 0.10.2, fp32,
-see docs/benchmarks.md): the T-UNet forward at batch 8 takes about 18 s with them and 14 s without, the VAE decoder
-35.7 s against 25.4 s. :func:`compile_lowered` therefore compiles with XLA's own CPU code generation unless the user
+see docs/benchmarks.md): the T-UNet forward at batch 8 takes 18.8 s with them and 14.0 s without, the VAE decoder
+39.7 s against 23.9 s. :func:`compile_lowered` therefore compiles with XLA's own CPU code generation unless the user
 chose the library fusions in ``XLA_FLAGS``. Other backends compile with XLA's defaults.
 """
 
