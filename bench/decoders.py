@@ -17,30 +17,20 @@ import argparse
 import json
 import os
 import platform
-import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT / "configs" / "published" / "audioldm2-base"
+sys.path.insert(0, str(ROOT))
+from bench.timing import print_rows, time_compile_settings, timed  # noqa: E402
 
 
 def _published(name: str) -> dict:
     return {k: v for k, v in json.loads((PUBLISHED / f"{name}.json").read_text()).items() if not k.startswith("_")}
-
-
-def timed(fn, iters: int) -> float:
-    """Median wall time (s) of ``iters`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main():
@@ -59,7 +49,6 @@ def main():
     from diffusers import AutoencoderKL as TorchAutoencoderKL
     from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
 
-    from audioldm2_jax.compilation import compile_lowered
     from audioldm2_jax.convert.vae import load_vae
     from audioldm2_jax.convert.vocoder import load_vocoder
     from audioldm2_jax.models.vae import AutoencoderKL
@@ -98,21 +87,9 @@ def main():
         if choice not in args.decoders:
             continue
         params = jax.device_put(params)
-        rows = []
-        for xla_defaults in ([False, True] if args.xla_defaults else [False]):
-            start = time.perf_counter()
-            compiled = compile_lowered(jax.jit(apply).lower(params, inputs), xla_defaults=xla_defaults)
-            compile_s = time.perf_counter() - start
-            ours_s = timed(lambda: compiled(params, inputs).block_until_ready(), args.iters)
-            rows.append(("XLA defaults" if xla_defaults else "project options", compile_s, ours_s,
-                         to_reference_layout(compiled(params, inputs))))
-        torch_s = timed(reference, args.iters)
-        expected = reference()
-        for compiled_with, compile_s, ours_s, ours in rows:
-            err = np.abs(ours - expected).max() / np.abs(expected).max()
-            print(f"| {name} | {compiled_with} | {compile_s:.1f} | {ours_s:.2f} | {torch_s:.2f} "
-                  f"| {torch_s / ours_s:.2f} | {err:.1e} |", flush=True)
-
+        rows = time_compile_settings(jax.jit(apply).lower, (params, inputs), args.iters, args.xla_defaults,
+                                     to_reference_layout)
+        print_rows(name, rows, timed(reference, args.iters), reference())
 
 if __name__ == "__main__":
     main()

@@ -18,25 +18,15 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "published" / "audioldm2-base" / "unet.json"
-
-
-def timed(fn, iters: int) -> float:
-    """Median wall time (ms) of ``iters`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+sys.path.insert(0, str(ROOT))
+from bench.timing import print_rows, time_compile_settings, timed  # noqa: E402
 
 
 def main():
@@ -57,7 +47,6 @@ def main():
     import torch
     from diffusers.pipelines.audioldm2.modeling_audioldm2 import AudioLDM2UNet2DConditionModel
 
-    from audioldm2_jax.compilation import compile_lowered
     from audioldm2_jax.convert.unet import unet_param_shapes
     from audioldm2_jax.convert.weights import convert_state_dict
     from audioldm2_jax.models.unet import AudioLDM2UNet, UNetConfig
@@ -96,16 +85,10 @@ def main():
         dtype = jnp.bfloat16 if mode == "bf16" else jnp.float32
         precision = "highest" if mode == "fp32" else "default"
         model = AudioLDM2UNet(config, dtype=dtype)
-        rows = []
-        for xla_defaults in ([False, True] if args.xla_defaults else [False]):
-            with jax.default_matmul_precision(precision):
-                forward = jax.jit(lambda p, *a: model.apply({"params": p}, *a))
-                start = time.perf_counter()
-                compiled = compile_lowered(forward.lower(params, *jax_inputs), xla_defaults=xla_defaults)
-                compile_s = time.perf_counter() - start
-                ours_ms = timed(lambda: compiled(params, *jax_inputs).block_until_ready(), args.iters)
-                ours = np.asarray(compiled(params, *jax_inputs), np.float32).transpose(0, 3, 1, 2)
-            rows.append(("XLA defaults" if xla_defaults else "project options", compile_s, ours_ms, ours))
+        with jax.default_matmul_precision(precision):
+            forward = jax.jit(lambda p, *a: model.apply({"params": p}, *a))
+            rows = time_compile_settings(forward.lower, (params, *jax_inputs), args.iters, args.xla_defaults,
+                                         lambda out: np.asarray(out, np.float32).transpose(0, 3, 1, 2))
 
         torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
         torch.backends.cudnn.allow_tf32 = mode == "tf32"
@@ -118,13 +101,8 @@ def main():
                 torch.cuda.synchronize()
             return out
 
-        torch_ms = timed(torch_forward, args.iters)
-        expected = torch_forward().float().cpu().numpy()
-        for compiled_with, compile_s, ours_ms, ours in rows:
-            err = np.abs(ours - expected).max() / np.abs(expected).max()
-            print(f"| {mode} | {compiled_with} | {compile_s:.1f} | {ours_ms:.1f} | {torch_ms:.1f} "
-                  f"| {torch_ms / ours_ms:.2f} | {err:.1e} |", flush=True)
-
+        print_rows(mode, rows, timed(torch_forward, args.iters), torch_forward().float().cpu().numpy(), scale=1e3,
+                   digits=1)
 
 if __name__ == "__main__":
     main()
