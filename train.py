@@ -6,7 +6,8 @@
 ``--config`` is an ml_collections config file (optionally ``:arg``, passed to its ``get_config``); any key can be
 overridden on the command line (``--config.optimizer.learning_rate=3e-4``); unknown keys are errors. A workdir that
 holds checkpoints is resumed from its latest complete step. SIGTERM saves a checkpoint and exits with status 0.
-Multi-host launches (SLURM, TPU pods, ``JAX_COORDINATOR_ADDRESS``) initialise ``jax.distributed`` by themselves.
+Multi-host launches (SLURM, TPU pods, ``JAX_COORDINATOR_ADDRESS``) initialise ``jax.distributed`` by themselves, and
+all their processes leave together at the end (``audioldm2_jax.parallel.distributed.shutdown``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ def main(argv):
     if summary.get("preempted"):
         logging.getLogger("train").warning("preempted at step %s: checkpoint saved, exiting cleanly",
                                            summary.get("final_step"))
+    from audioldm2_jax.parallel import distributed as dist
+
+    dist.shutdown()  # multi-process: every process leaves together, the coordination service last
 
 
 if __name__ == "__main__":

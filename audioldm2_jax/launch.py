@@ -11,8 +11,10 @@ with ``[i]``. A command that ends in ``.py`` runs with this Python.
 
 Failures: when a process exits with an error, the others are given ``--grace`` seconds to stop by themselves (they
 should: a Python error is posted to them, a dead process is found by the heartbeat), then they are terminated; the
-launcher exits with the first failure's status and says which process it was. SIGINT / SIGTERM to the launcher are
-passed on as SIGTERM (training saves a checkpoint), and no process outlives the launcher.
+launcher exits with the first failure's status and says which process it was, and whether it failed after all the
+others had finished with status 0 (the processes did not leave together: entry points end with
+``distributed.shutdown()``, where a process that is done early waits for the others). SIGINT / SIGTERM to the
+launcher are passed on as SIGTERM (training saves a checkpoint), and no process outlives the launcher.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def describe_status(code: int | None) -> str:
     if code is None:
         return "still running"
     if code == -signal.SIGABRT:
-        return "aborted (SIGABRT: jax does this when the distributed service reports a dead process)"
+        return ("aborted (SIGABRT: jax does this when the distributed service reports an error, e.g. a dead process or "
+                "a failed shutdown barrier)")
     if code < 0:
         try:
             return f"killed by {signal.Signals(-code).name}"
@@ -137,6 +140,22 @@ class ProcessGroup:
         failures = [(i, c) for i, c in self.exit_order if c != 0]
         own = [(i, c) for i, c in failures if c != dist.EXIT_PEER_FAILED]
         return (own or failures or [None])[0]
+
+    def failure_report(self) -> str | None:
+        """The launcher's last line when the run failed (None when every process ended with status 0): the process
+        that failed first, and whether it ended after all the others had finished, which means that the processes of
+        a finished run did not leave together (see :func:`audioldm2_jax.parallel.distributed.shutdown`)."""
+        culprit = self.first_failure()
+        if culprit is None:
+            return None
+        index, code = culprit
+        line = f"FAILED: process {index} failed first ({describe_status(code)})"
+        position = [i for i, _ in self.exit_order].index(index)
+        before = [c for _, c in self.exit_order[:position]]
+        if self.num_processes > 1 and len(before) == self.num_processes - 1 and all(c == 0 for c in before):
+            line += (" after every other process had finished with status 0: the processes did not leave together "
+                     "(a finished run ends with audioldm2_jax.parallel.distributed.shutdown())")
+        return line
 
     def text(self, index: int) -> str:
         return "\n".join(self.lines[index])
@@ -284,11 +303,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for index, code in enumerate(codes):
         if code != 0:
             group._say(f"process {index} {describe_status(code)}")
-    culprit = group.first_failure()
-    if culprit is None:
+    report = group.failure_report()
+    if report is None:
         return 0
-    index, code = culprit
-    group._say(f"FAILED: process {index} failed first ({describe_status(code)})")
+    group._say(report)
+    code = group.first_failure()[1]
     return code if code > 0 else 128 - code
 
 

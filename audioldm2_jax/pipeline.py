@@ -48,8 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from audioldm2_jax.audio.clap_features import (ClapFeatureConfig, clap_input_features, random_crop_starts,
-                                               resample_for_clap)
+from audioldm2_jax.audio.clap_features import ClapFeatureConfig, clap_audio_inputs, resample_for_clap
 from audioldm2_jax.compilation import compile_lowered
 from audioldm2_jax.convert.clap import abstract_params as clap_abstract_params
 from audioldm2_jax.convert.clap import load_clap
@@ -62,7 +61,9 @@ from audioldm2_jax.convert.vits_text import abstract_params as vits_abstract_par
 from audioldm2_jax.convert.vits_text import load_vits_text
 from audioldm2_jax.convert.vocoder import load_vocoder, vocoder_param_shapes
 from audioldm2_jax.convert.weights import CheckpointError, read_config, resolve_checkpoint
-from audioldm2_jax.diffusion import SAMPLER_NAMES, Sampler, make_sampler, sample_loop
+from audioldm2_jax.diffusion import (
+    SAMPLER_NAMES, Sampler, default_sampler_name, load_scheduler_config, make_sampler, sample_loop,
+    scheduler_config_key)
 from audioldm2_jax.models.clap import ClapConfig, ClapModel, own_prompt_scores, rank_waveforms
 from audioldm2_jax.models.gpt2 import GPT2Config, GPT2Model, generate_loa
 from audioldm2_jax.models.projection import AudioLDM2ProjectionModel, ProjectionConfig
@@ -98,7 +99,7 @@ class _Request:
     frames: int  # mel frames T (a multiple of the VAE's scale factor)
     num_samples: int  # output length after the cut to the requested duration
     sampler: Sampler
-    sampler_key: tuple  # what identifies the sampler's tables: (name, steps, eta)
+    sampler_key: tuple  # what identifies the sampler's tables: (name, steps, eta, scheduler config)
     guidance_scale: float
     seeds: tuple[int, ...]  # one per prompt, reduced to uint32
     latents: np.ndarray | None  # [Bn, T/f, W, C] channels-last, float32
@@ -129,6 +130,25 @@ class Timings:
         return self.total - self.compile
 
 
+class NonFiniteOutputError(FloatingPointError):
+    """The sampling program returned NaN or infinite values: the model diverged (a NaN weight, float16 overflow,
+    latents too large). Raised by ``AudioLDM2Pipeline.__call__`` instead of returning them.
+
+    Attributes:
+      prompts: indices (into the call's prompt list) of the prompts with at least one non-finite waveform or
+        log-mel; every waveform of the other prompts is finite.
+      rows: indices of the non-finite rows of ``waveforms`` (``p * n + k``).
+      waveforms, log_mel: float32 ``[B * n, samples]`` and ``[B * n, frames, mel_bins]``, what the call would have
+        returned, non-finite rows included (within a prompt whose waveforms are all finite, in CLAP rank order).
+    """
+
+    def __init__(self, message: str, prompts: Sequence[int], rows: Sequence[int], waveforms: np.ndarray,
+                 log_mel: np.ndarray):
+        super().__init__(message)
+        self.prompts, self.rows = tuple(int(p) for p in prompts), tuple(int(r) for r in rows)
+        self.waveforms, self.log_mel = waveforms, log_mel
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The pipeline
 # ----------------------------------------------------------------------------------------------------------------
@@ -156,9 +176,10 @@ class AudioLDM2Pipeline:
                  tokenizer, tokenizer_2,
                  scheduler_config: Mapping[str, Any], clap_features: ClapFeatureConfig | None = None,
                  unet_sample_size: int | None = None, dtype: Dtype = jnp.float32, mesh: jax.sharding.Mesh | None = None,
-                 rules: LogicalRules = DEFAULT_RULES):
+                 rules: LogicalRules = DEFAULT_RULES, scheduler_class: str | None = None):
         """Each model argument is ``(config, params)`` as its ``convert.load_*`` returns it (with or without the
-        ``"params"`` collection key)."""
+        ``"params"`` collection key). ``scheduler_class``: the checkpoint's diffusers scheduler class, whose sampler
+        runs by default (default: the config's ``_class_name``; DDIM when it names none)."""
         self.dtype = dtype
         self.unet_config, self.vae_config = unet[0], vae[0]
         self.vocoder_config, self.clap_config = vocoder[0], text_encoder[0]
@@ -177,6 +198,7 @@ class AudioLDM2Pipeline:
 
         self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
         self.scheduler_config = dict(scheduler_config)
+        self.scheduler_class = scheduler_class or self.scheduler_config.get("_class_name")
         self.clap_features = clap_features or ClapFeatureConfig()
         self.unet_sample_size = unet_sample_size
         self.context_dims = context_dims(self.unet_config)
@@ -260,8 +282,9 @@ class AudioLDM2Pipeline:
             language_model=load_gpt2(root / "language_model"),
             tokenizer=_load_tokenizer(root, "tokenizer", index),
             tokenizer_2=_load_tokenizer(root, "tokenizer_2", index),
-            scheduler_config=json.loads(scheduler_path.read_text()), clap_features=clap_features,
-            unet_sample_size=read_config(root / "unet").get("sample_size"), dtype=dtype, mesh=mesh, rules=rules)
+            scheduler_config=_read_scheduler_config(scheduler_path), clap_features=clap_features,
+            unet_sample_size=read_config(root / "unet").get("sample_size"), dtype=dtype, mesh=mesh, rules=rules,
+            scheduler_class=_index_class(index, "scheduler"))
 
     @classmethod
     def from_training_export(cls, export: str | os.PathLike, dtype: Dtype = jnp.float32,
@@ -320,7 +343,7 @@ class AudioLDM2Pipeline:
             projection_model=pair("projection"), language_model=pair("gpt2"),
             tokenizer=_export_tokenizer(root, "tokenizer", "clap_max_length"),
             tokenizer_2=_export_tokenizer(root, "tokenizer_2", f"{text_encoder_2}_max_length"),
-            scheduler_config=json.loads(scheduler_path.read_text()),
+            scheduler_config=_read_scheduler_config(scheduler_path),
             unet_sample_size=_export_sample_size(root, vae_config.downsample_factor, loaded["vocoder"][0]),
             dtype=dtype, mesh=mesh, rules=rules)
 
@@ -426,7 +449,7 @@ class AudioLDM2Pipeline:
     def __call__(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None,
                  transcription: str | Sequence[str] | None = None, audio_length_in_s: float | None = None,
                  num_inference_steps: int = 200, guidance_scale: float = 3.5, num_waveforms_per_prompt: int = 1,
-                 scheduler: str = "ddim", eta: float = 0.0, seed: int | Sequence[int] = 0,
+                 scheduler: str | None = None, eta: float = 0.0, seed: int | Sequence[int] = 0,
                  latents: np.ndarray | None = None, max_new_tokens: int | None = None,
                  return_mel: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Generates ``num_waveforms_per_prompt`` waveforms per prompt.
@@ -439,8 +462,10 @@ class AudioLDM2Pipeline:
             or B texts.
           audio_length_in_s: duration; the checkpoint's default (10.24 s) when None. Rounded up internally to a
             multiple of 40 ms and cut back at the end.
-          num_inference_steps, scheduler, eta: sampler ("ddim", "dpmsolver++", "pndm"), its step count, and
-            DDIM's eta (the added noise is then drawn from the first prompt's seed).
+          num_inference_steps, scheduler, eta: sampler ("ddim", "dpmsolver++", "pndm"; None: the one of the
+            checkpoint's scheduler class, as diffusers runs it), its step count, and DDIM's eta (the added noise is
+            then drawn from the first prompt's seed). "pndm" runs diffusers' Runge-Kutta warm-up, so it needs at
+            least 4 steps unless the scheduler config sets ``skip_prk_steps``.
           guidance_scale: classifier-free guidance weight ``g`` in ``uncond + g * (cond - uncond)``; off at <= 1.
           seed: an int (prompt p uses ``seed + p``) or one int per prompt.
           latents: initial noise in the reference's layout ``[B * n, C, T/f, mel_bins/f]`` (rows grouped by
@@ -453,6 +478,11 @@ class AudioLDM2Pipeline:
           ``p * n .. p * n + n - 1``, best CLAP match first when n > 1. With ``return_mel``, the pair
           ``(waveforms, log_mel)``, ``log_mel`` float32 ``[B * n, frames, mel_bins]`` in the same row order (frames
           of the rounded-up duration: 100 per second).
+
+        Raises:
+          ValueError: a bad argument, before anything is compiled or run.
+          NonFiniteOutputError: NaN / inf in a waveform or log-mel (the model diverged); it names the prompts and
+            carries the outputs, so that a batch job can keep the other prompts' waveforms.
         """
         start = time.perf_counter()
         self.timings = Timings()
@@ -461,10 +491,16 @@ class AudioLDM2Pipeline:
                                  max_new_tokens)
         text_embeds, loa, context_1, mask_1 = self._encode(request)
         waveforms, log_mel = self._sample(request, loa, context_1, mask_1)
+        bad_mel = ~np.isfinite(log_mel).reshape(log_mel.shape[0], -1).all(axis=1)
+        bad = bad_mel | ~np.isfinite(waveforms).all(axis=1)
         if request.num_waveforms > 1:
-            order = self._rank(request, text_embeds, waveforms)
-            waveforms, log_mel = waveforms[order], log_mel[order]
+            # A diverged row is ranked as silence: CLAP's features of the others stay finite (the rows of a prompt
+            # with a diverged waveform are not returned anyway).
+            order = self._rank(request, text_embeds, np.where(bad[:, None], np.float32(0), waveforms))
+            waveforms, log_mel, bad, bad_mel = waveforms[order], log_mel[order], bad[order], bad_mel[order]
         self.timings.total = time.perf_counter() - start
+        if bad.any():
+            raise _non_finite_error(request, bad, bad_mel, waveforms, log_mel)
         return (waveforms, log_mel) if return_mel else waveforms
 
     def _validate(self, prompt, negative_prompt, transcription, audio_length_in_s, num_inference_steps,
@@ -514,16 +550,29 @@ class AudioLDM2Pipeline:
         if cfg:
             negatives = ("",) * b if negative_prompt is None else _broadcast_texts(negative_prompt, b,
                                                                                     "negative_prompt")
+        if scheduler is None:
+            scheduler = default_sampler_name(self.scheduler_class)
         if scheduler not in SAMPLER_NAMES:
             raise ValueError(f"scheduler={scheduler!r} is unknown; valid names: {', '.join(SAMPLER_NAMES)}")
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) \
                 or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps={num_inference_steps!r} must be an integer >= 1")
+        if isinstance(eta, bool) or not isinstance(eta, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(eta) or eta < 0:
+            raise ValueError(f"eta={eta!r} must be a finite number >= 0 (DDIM's added noise: 0 deterministic, 1 the "
+                             "DDPM posterior's)")
         sampler = make_sampler(scheduler, self.scheduler_config, int(num_inference_steps), eta=eta)
 
-        if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        def is_integer(value) -> bool:
+            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+        if is_integer(seed):
             seeds = tuple((int(seed) + p) % 2 ** 32 for p in range(b))
         else:
+            listed = isinstance(seed, (list, tuple)) or (isinstance(seed, np.ndarray) and seed.ndim == 1)
+            if not listed or not all(is_integer(s) for s in seed):
+                raise ValueError(f"seed={seed!r} must be an integer (prompt p then uses seed + p) or a list of one "
+                                 "integer per prompt")
             seeds = tuple(int(s) % 2 ** 32 for s in seed)
             if len(seeds) != b:
                 raise ValueError(f"seed: {len(seeds)} seeds for {b} prompts; give one int or one per prompt")
@@ -535,18 +584,39 @@ class AudioLDM2Pipeline:
                 raise ValueError(f"latents have shape {latents.shape}; {b} prompt(s) x {n} waveform(s) of "
                                  f"{duration:g} s need {want} ([B * n, channels, frames / "
                                  f"{self.vae_scale_factor}, mel bins / {self.vae_scale_factor}])")
-            latents = np.ascontiguousarray(latents.transpose(0, 2, 3, 1), np.float32)
+            if latents.dtype.kind not in "fiu":
+                raise ValueError(f"latents must be a real-valued array, got dtype {latents.dtype}")
+            with np.errstate(over="ignore"):  # values beyond float32's range become inf: refused just below
+                latents = np.ascontiguousarray(latents.transpose(0, 2, 3, 1), np.float32)
+            bad = int(np.count_nonzero(~np.isfinite(latents)))
+            if bad:
+                raise ValueError(f"latents hold {bad} non-finite value(s) (NaN {int(np.isnan(latents).sum())}, inf "
+                                 f"{int(np.isinf(latents).sum())}, counted in float32) of {latents.size}; initial "
+                                 "noise must be finite")
 
         if max_new_tokens is None:
             max_new_tokens = self.language_model_config.max_new_tokens
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
                 or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 1")
-        return _Request(prompts=prompts, negative_prompts=negatives, transcriptions=transcriptions, num_waveforms=n,
-                        frames=frames, num_samples=num_samples, sampler=sampler,
-                        sampler_key=(scheduler, int(num_inference_steps), float(eta)),
-                        guidance_scale=float(guidance_scale), seeds=seeds, latents=latents,
-                        max_new_tokens=int(max_new_tokens))
+        request = _Request(prompts=prompts, negative_prompts=negatives, transcriptions=transcriptions,
+                           num_waveforms=n, frames=frames, num_samples=num_samples, sampler=sampler,
+                           sampler_key=(scheduler, int(num_inference_steps), float(eta),
+                                        scheduler_config_key(self.scheduler_config)),
+                           guidance_scale=float(guidance_scale), seeds=seeds, latents=latents,
+                           max_new_tokens=int(max_new_tokens))
+        # GPT-2 reads the projected prompt (CLAP's token, then the T5 / phoneme stream, each between a learned SOS
+        # and EOS) followed by the generated states but the last (returned, never fed back): positions 0 ..
+        # prompt + max_new_tokens - 2 must all have a row in its position table (the reference indexes past it).
+        length_2 = self.tokenize(request)["ids_2"].shape[1]
+        prompt_length = (1 + 2) + (length_2 + 2)
+        positions = self.language_model_config.n_positions
+        if request.max_new_tokens > positions - prompt_length + 1:
+            raise ValueError(f"max_new_tokens={request.max_new_tokens} is too many for the language model: GPT-2 has "
+                             f"n_positions={positions} and the prompt it extends is {prompt_length} embeddings long "
+                             f"(CLAP 1 + {'phonemes' if self.is_speech else 'T5'} {length_2} + 4 SOS / EOS), so at "
+                             f"most {positions} - {prompt_length} + 1 = {positions - prompt_length + 1} new tokens fit")
+        return request
 
     # ------------------------------------------------------------------------------------------------------------
     # Text side
@@ -715,22 +785,24 @@ class AudioLDM2Pipeline:
 
     def clap_audio_embeddings(self, waveforms: np.ndarray, seed: int = 0) -> np.ndarray:
         """L2-normalised CLAP audio embeddings ``[B, P]`` of waveforms ``[B, N]`` at ``self.sampling_rate``
-        (resampled to CLAP's rate; clips longer than its window are cropped at offsets drawn from ``seed``)."""
+        (resampled to CLAP's rate, then the feature extractor's mel views: 1 for ``rand_trunc``, 4 for ``fusion``;
+        the extractor's random choices, crops of clips longer than its window, are drawn from ``seed``)."""
         if not self.has_clap_audio:
             raise ValueError("CLAP audio embeddings need CLAP's audio branch; this checkpoint's CLAP has the text "
                              "tower only (a training export)")
         cfg = self.clap_features
         audio = resample_for_clap(np.asarray(waveforms, np.float32), self.sampling_rate, cfg.sampling_rate)
-        crops = random_crop_starts([audio.shape[-1]] * audio.shape[0], cfg, np.random.RandomState(seed))
-        features = clap_input_features(audio, cfg, crops)
+        features, is_longer = clap_audio_inputs(audio, cfg, rng=np.random.RandomState(seed))  # [B, V, T, F], [B]
+        # Only a fused model reads is_longer (diffusers does not pass it, so its fused CLAP cannot rank at all).
+        is_longer = is_longer if self.clap_config.audio.enable_fusion else None
         clap = self.clap
 
-        def embed(params, feats):
-            return clap.apply(params["clap"], feats, method=ClapModel.get_audio_features)
+        def embed(params, feats, longer):
+            return clap.apply(params["clap"], feats, longer, method=ClapModel.get_audio_features)
 
         with self._mesh_context(features.shape[0]) as put:
-            args = (self.params, put(features))
-            compiled = self._compile(("clap_audio",) + features.shape, embed, args)
+            args = (self.params, put(features), put(is_longer))
+            compiled = self._compile(("clap_audio", is_longer is not None) + features.shape, embed, args)
             return np.asarray(jax.device_get(compiled(*args)))
 
     def _rank(self, request: _Request, text_embeds: np.ndarray, waveforms: np.ndarray) -> np.ndarray:
@@ -802,6 +874,29 @@ def _prune_like(tree, like):
     if not hasattr(like, "items") or not hasattr(tree, "items"):
         return tree
     return {k: _prune_like(tree[k], v) for k, v in like.items() if k in tree}
+
+
+def _non_finite_error(request: _Request, bad: np.ndarray, bad_mel: np.ndarray, waveforms: np.ndarray,
+                      log_mel: np.ndarray) -> NonFiniteOutputError:
+    """The error for output rows ``bad [B * n]`` (bool) that hold NaN / inf (``bad_mel``: already in the log-mel),
+    naming each prompt, its rows and the stage that diverged."""
+    n = request.num_waveforms
+    rows = np.flatnonzero(bad)
+    prompts = sorted({int(r) // n for r in rows})
+    parts = []
+    for p in prompts[:8]:
+        mine = [int(r) for r in rows if r // n == p]
+        stage = ("in the log-mel already: the UNet or the VAE decoder" if bad_mel[p * n:(p + 1) * n].any()
+                 else "in the waveform only: the vocoder")
+        parts.append(f"prompt {p} {request.prompts[p][:60]!r} (row{'s' if len(mine) > 1 else ''} "
+                     f"{', '.join(map(str, mine))}; {stage})")
+    if len(prompts) > 8:
+        parts.append(f"and {len(prompts) - 8} more")
+    message = (f"the sampling program returned non-finite values (NaN / inf) for {len(prompts)} of "
+               f"{len(request.prompts)} prompt(s), {len(rows)} of {len(bad)} waveform(s): {'; '.join(parts)}. The "
+               "model diverged; usual causes: a NaN weight in the checkpoint, float16 overflow (use float32 or "
+               "bfloat16), initial latents far from N(0, 1)")
+    return NonFiniteOutputError(message, prompts, rows, waveforms, log_mel)
 
 
 def _as_texts(value, name: str) -> tuple[str, ...]:
@@ -882,11 +977,28 @@ def _export_sample_size(export: Path, vae_factor: int, vocoder_config: VocoderCo
     return None if not frames else max(1, frames // vae_factor)
 
 
+def _index_class(index: Mapping[str, Any], component: str) -> str | None:
+    """The class ``model_index.json`` names for ``component`` (``["diffusers", "DDIMScheduler"]`` ->
+    ``"DDIMScheduler"``), None when it names none."""
+    entry = index.get(component)
+    if isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[1], str):
+        return entry[1]
+    return None
+
+
+def _read_scheduler_config(path: Path) -> dict:
+    """``scheduler/scheduler_config.json`` read as diffusers' ``load_config`` does (every key kept: the samplers
+    apply diffusers' cross-class rules, see ``diffusion.schedule.read_scheduler_config``)."""
+    try:
+        return load_scheduler_config(path)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from err
+
+
 def _load_tokenizer(root: Path, folder: str, index: Mapping[str, Any]):
     import transformers
 
-    entry = index.get(folder)
-    name = entry[1] if isinstance(entry, (list, tuple)) and len(entry) == 2 else "AutoTokenizer"
+    name = _index_class(index, folder) or "AutoTokenizer"
     if name not in TOKENIZER_CLASSES:
         raise CheckpointError(f"{root / 'model_index.json'}: {folder} class {name!r} is not a supported tokenizer "
                               f"({', '.join(TOKENIZER_CLASSES)})")
@@ -970,7 +1082,7 @@ def save_spectrogram_png(path: str | os.PathLike, waveform: np.ndarray, title: s
 def run_sampling_job(pipe: AudioLDM2Pipeline, clips: Sequence[Clip], out_dir: str | os.PathLike, *,
                      batch_size: int = 4, num_waveforms_per_prompt: int = 1, seed: int = 0,
                      negative_prompt: str | None = None, transcription: str | None = None,
-                     progress: bool = True, **call_kwargs) -> dict[str, float]:
+                     progress: bool = True, **call_kwargs) -> dict[str, Any]:
     """Generates every clip in batches of ``batch_size`` prompts and writes, per waveform, ``NAME.wav`` (16-bit),
     ``NAME.png`` (log-mel spectrogram) and ``NAME.json`` (settings). With several waveforms per prompt the files
     are ``NAME_k`` (k = 0 the best CLAP match).
@@ -978,7 +1090,11 @@ def run_sampling_job(pipe: AudioLDM2Pipeline, clips: Sequence[Clip], out_dir: st
     Clip i uses seed ``seed + i`` whatever the batching. A short last batch is padded with its last prompt so that
     every batch has the same shape (one compilation); the padding's audio is discarded.
     ``call_kwargs`` go to the pipeline (``audio_length_in_s``, ``num_inference_steps``, ``guidance_scale``,
-    ``scheduler``, ...). Returns totals: ``audio_s``, ``wall_s`` (excluding compilation), ``compile_s``.
+    ``scheduler``, ...). Returns totals: ``audio_s``, ``wall_s`` (excluding compilation), ``compile_s``, ``clips``
+    (waveforms written), ``failed`` (clips not written) and ``failed_clips`` (their names).
+
+    A clip whose audio came out non-finite (NaN / inf: :class:`NonFiniteOutputError`) is logged by name, counted
+    in ``failed`` and gets no files at all (none of its waveforms); the other clips of its batch are written.
     """
     from tqdm import tqdm
 
@@ -999,7 +1115,7 @@ def run_sampling_job(pipe: AudioLDM2Pipeline, clips: Sequence[Clip], out_dir: st
                          "T5): transcriptions are for the speech checkpoints")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    totals = dict(audio_s=0.0, wall_s=0.0, compile_s=0.0, clips=0)
+    totals = dict(audio_s=0.0, wall_s=0.0, compile_s=0.0, clips=0, failed=0, failed_clips=[])
     bar = tqdm(total=len(clips) * num_waveforms_per_prompt, unit="clip", disable=not progress)
     for start in range(0, len(clips), batch_size):
         batch = list(clips[start:start + batch_size])
@@ -1007,12 +1123,24 @@ def run_sampling_job(pipe: AudioLDM2Pipeline, clips: Sequence[Clip], out_dir: st
         batch += [batch[-1]] * (min(batch_size, len(clips)) - real)  # same shape as the other batches
         seeds = [seed + start + i for i in range(len(batch))]
         transcriptions = [c.transcription or transcription for c in batch] if pipe.is_speech else None
-        waveforms = pipe([c.prompt for c in batch], negative_prompt=negative_prompt, transcription=transcriptions,
-                         num_waveforms_per_prompt=num_waveforms_per_prompt, seed=seeds, **call_kwargs)
+        try:
+            waveforms = pipe([c.prompt for c in batch], negative_prompt=negative_prompt,
+                             transcription=transcriptions, num_waveforms_per_prompt=num_waveforms_per_prompt,
+                             seed=seeds, **call_kwargs)
+            diverged = set()
+        except NonFiniteOutputError as err:  # the batch's other clips are fine: write those
+            waveforms, diverged = err.waveforms, set(err.prompts)
         t = pipe.timings
         totals["wall_s"] += t.run
         totals["compile_s"] += t.compile
         for i, clip in enumerate(batch[:real]):
+            if i in diverged:
+                logger.error("clip %s (prompt %r, seed %d): the model produced non-finite audio (NaN / inf); nothing "
+                             "written for it", clip.name, clip.prompt, seeds[i])
+                totals["failed"] += 1
+                totals["failed_clips"].append(clip.name)
+                bar.update(num_waveforms_per_prompt)
+                continue
             for k in range(num_waveforms_per_prompt):
                 wave = waveforms[i * num_waveforms_per_prompt + k]
                 stem = clip.name if num_waveforms_per_prompt == 1 else f"{clip.name}_{k}"

@@ -175,6 +175,8 @@ def unet_to_diffusers(config) -> dict:
         norm_num_groups=config.norm_num_groups, norm_eps=config.norm_eps, flip_sin_to_cos=config.flip_sin_to_cos,
         freq_shift=int(config.freq_shift), time_embedding_dim=config.time_embedding_dim,
         mid_block_scale_factor=config.mid_block_scale_factor, downsample_padding=config.downsample_padding,
+        conv_in_kernel=config.conv_in_kernel, conv_out_kernel=config.conv_out_kernel,
+        timestep_post_act=config.timestep_post_act, time_embedding_act_fn=config.time_embedding_act_fn,
         act_fn="silu", sample_size=CLIP_FRAMES // 4)
 
 

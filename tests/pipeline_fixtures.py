@@ -319,6 +319,112 @@ def reference_latents(batch: int, duration_s: float, seed: int = 0, latent_width
     return np.random.default_rng(seed).standard_normal((batch, 8, frames // 4, latent_width)).astype(np.float32)
 
 
+
+# ----------------------------------------------------------------------------------------------------------------
+# diffusers' own fast-test components (tests/pipelines/audioldm2/test_audioldm2.py, ``get_dummy_components``)
+# ----------------------------------------------------------------------------------------------------------------
+
+# The upstream CLAP audio tower: a Swin window (4) larger than the token grid after the first merge (2 x 2) and a
+# 4-channel patch embedding (the fused model's input). "plain" is the same tower without those two features.
+UPSTREAM_CLAP_AUDIO = {
+    "upstream": dict(spec_size=8, window_size=4, num_mel_bins=8, intermediate_size=37, layer_norm_eps=1e-05,
+                     depths=[1, 1], num_attention_heads=[1, 1], num_hidden_layers=1, hidden_size=192, projection_dim=8,
+                     patch_size=2, patch_stride=2, patch_embed_input_channels=4),
+    "plain": dict(spec_size=8, window_size=2, num_mel_bins=8, intermediate_size=37, layer_norm_eps=1e-05,
+                  depths=[1, 1], num_attention_heads=[1, 1], num_hidden_layers=1, hidden_size=192, projection_dim=8,
+                  patch_size=2, patch_stride=2, patch_embed_input_channels=1),
+}
+
+
+def calibrate_vocoder(vocoder, mel_bins: int, seed: int = 0):
+    """Rescales a ``SpeechT5HifiGan`` in place so that its waveform is a signal, not rounding noise: the
+    reference's std-0.01 initialisation shrinks activations ~100x per layer (outputs ~1e-6). Weights get fan-in
+    scaled normal values and biases 0.02-scaled ones, then ``conv_post`` is set so that the pre-tanh output of a
+    random mel is centred with a spread of 0.3."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in vocoder.named_parameters():
+            noise = torch.randn(p.shape, generator=generator)
+            if name.endswith("weight"):
+                fan_in = p.shape[0] * p.shape[2] if "upsampler" in name else p.shape[1] * p.shape[2]
+                p.copy_(noise * fan_in ** -0.5)
+            elif name.endswith("bias"):
+                p.copy_(0.02 * noise)
+        outputs = []
+        hook = vocoder.conv_post.register_forward_hook(lambda module, args, out: outputs.append(out))
+        vocoder(0.4 * torch.randn((2, 40, mel_bins), generator=generator))
+        hook.remove()
+        gain = 0.3 / float(outputs[0].std())
+        vocoder.conv_post.weight.mul_(gain)
+        vocoder.conv_post.bias.copy_(gain * (vocoder.conv_post.bias - outputs[0].mean()))
+    return vocoder
+
+
+def upstream_feature_extractor(clap_audio: str = "upstream"):
+    """The upstream test loads ``hf-internal-testing/tiny-random-ClapModel``'s extractor with ``hop_length=7900``
+    (not downloadable here): transformers' ``ClapFeatureExtractor`` defaults (``fusion``, 64 mel bins, 10 s at
+    48 kHz) with that hop stand in for it. For the "plain" CLAP tower, ``rand_trunc`` and its 8 mel bins."""
+    from transformers import ClapFeatureExtractor
+
+    if clap_audio == "upstream":
+        return ClapFeatureExtractor(hop_length=7900)
+    return ClapFeatureExtractor(feature_size=8, hop_length=7900, truncation="rand_trunc")
+
+
+def build_upstream_pipeline(clap_audio: str = "upstream", seed: int = 0):
+    """diffusers' ``AudioLDM2Pipeline`` from the upstream fast test's configs (UNet with per-block integer
+    ``cross_attention_dim (8, 16)`` and a plain first block, 2-level VAE with 4 latent channels, CLAP with an
+    8-wide text tower, 1-layer T5 / GPT-2, a hop-4 HiFi-GAN, DDIM 0.00085..0.012 without ``steps_offset``), with
+    tokenizers trained here in place of the hub's tiny ones (``model_max_length`` 77 as there).
+
+    Random weights as the reference initialises them, except: UNet, VAE and projection get small noise on every
+    parameter (norms and biases start as identity / zero), and the vocoder is calibrated
+    (:func:`calibrate_vocoder`). ``clap_audio``: "upstream" or "plain" (see ``UPSTREAM_CLAP_AUDIO``).
+    """
+    import torch
+    from diffusers import (AudioLDM2Pipeline, AudioLDM2ProjectionModel, AudioLDM2UNet2DConditionModel, AutoencoderKL,
+                           DDIMScheduler)
+    from transformers import (ClapConfig, ClapModel, GPT2Config, GPT2LMHeadModel, SpeechT5HifiGan,
+                              SpeechT5HifiGanConfig, T5Config, T5EncoderModel)
+
+    torch.manual_seed(seed)
+    unet = AudioLDM2UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8, sample_size=32, in_channels=4,
+        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=(8, 16))
+    scheduler_ = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                               set_alpha_to_one=False)
+    vae = AutoencoderKL(block_out_channels=[8, 16], in_channels=1, out_channels=1, norm_num_groups=8,
+                        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+                        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"], latent_channels=4)
+    text_config = dict(bos_token_id=0, eos_token_id=2, hidden_size=8, intermediate_size=37, layer_norm_eps=1e-05,
+                       num_attention_heads=1, num_hidden_layers=1, pad_token_id=1, vocab_size=1000, projection_dim=8)
+    clap = ClapModel(ClapConfig(text_config=text_config, audio_config=UPSTREAM_CLAP_AUDIO[clap_audio],
+                                projection_dim=16))
+    t5 = T5EncoderModel(T5Config(vocab_size=32100, d_model=32, d_ff=37, d_kv=8, num_heads=1, num_layers=1))
+    language_model = GPT2LMHeadModel(GPT2Config(n_embd=16, n_head=1, n_layer=1, vocab_size=1000, n_ctx=99,
+                                                n_positions=99))
+    language_model.config.max_new_tokens = 8
+    projection = AudioLDM2ProjectionModel(text_encoder_dim=16, text_encoder_1_dim=32, langauge_model_dim=16)
+    vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(
+        model_in_dim=8, sampling_rate=16000, upsample_initial_channel=16, upsample_rates=[2, 2],
+        upsample_kernel_sizes=[4, 4], resblock_kernel_sizes=[3, 7], resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]],
+        normalize_before=False))
+    for module in (unet, vae, clap, t5, language_model, projection, vocoder):
+        module.eval()
+    _perturb(unet, 0.05)
+    _perturb(vae, 0.05)
+    _perturb(projection, 0.5, only=("embed",))
+    calibrate_vocoder(vocoder, mel_bins=8, seed=seed)
+    return AudioLDM2Pipeline(
+        unet=unet, scheduler=scheduler_, vae=vae, text_encoder=clap, text_encoder_2=t5,
+        tokenizer=roberta_tokenizer(model_max_length=77), tokenizer_2=t5_tokenizer(model_max_length=77),
+        feature_extractor=upstream_feature_extractor(clap_audio), language_model=language_model,
+        projection_model=projection, vocoder=vocoder)
+
+
 if __name__ == "__main__":
     import argparse
 

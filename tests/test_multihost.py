@@ -6,6 +6,10 @@ killed at the end), 4 simulated CPU devices each, gloo collectives.
   process stops the other within the heartbeat timeout; the restart resumes from the last complete checkpoint;
   checkpoints written by 2 processes restore in 1 and the other way round;
 - an exception in one process stops the others at once, naming the process;
+- a finished run never kills a peer: with one process done long after the others (longer than jax's shutdown barrier
+  waits) and the peer-failure watcher polling continuously (``tests/exit_race_runner.py``), every process of a script,
+  of ``sample.py`` and of ``train.py`` ends with status 0 and none talks to the coordination service once its
+  teardown has begun;
 - sampling 6 prompts on 2 processes writes the 6 clips of a single-process run.
 """
 
@@ -162,6 +166,15 @@ def test_settings_shares_and_launcher_arguments():
     assert env["JAX_PROCESS_ID"] == "1" and env["JAX_NUM_PROCESSES"] == "2"
     assert env["JAX_COORDINATOR_ADDRESS"] == "127.0.0.1:5555" and env["JAX_NUM_CPU_DEVICES"] == "4"
     assert env["JAX_LOCAL_DEVICE_IDS"] == "2,3"
+    # The launcher's last line: the first failure, and whether the others had all finished before it.
+    group.exit_order = [(0, 0), (1, 0)]
+    assert group.failure_report() is None
+    group.exit_order = [(0, 0), (1, -signal.SIGABRT)]
+    assert group.failure_report().startswith("FAILED: process 1 failed first (aborted (SIGABRT")
+    assert "after every other process had finished with status 0: the processes did not leave together" in \
+        group.failure_report()
+    group.exit_order = [(1, 1), (0, dist.EXIT_PEER_FAILED)]
+    assert group.failure_report() == "FAILED: process 1 failed first (exited with status 1)"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -177,9 +190,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 mesh = jax.make_mesh((jax.device_count(),), ("d",), axis_types=(jax.sharding.AxisType.Auto,))
 x = jax.make_array_from_process_local_data(NamedSharding(mesh, P("d")), np.ones(jax.local_device_count(), np.float32))
 total = jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, P()))
-print("sum", float(total(x)), flush=True)
+print(f"sum {float(total(x))}", flush=True)  # one string: gloo writes lines to the same pipe
 spread = jax.make_array_from_process_local_data(NamedSharding(mesh, P("d")), np.arange(4.0) + 4 * jax.process_index())
-print("gathered", dist.gather_to_host({"a": spread, "b": np.int32(3)})["a"].tolist(), flush=True)
+print(f"gathered {dist.gather_to_host({'a': spread, 'b': np.int32(3)})['a'].tolist()}", flush=True)
 with dist.exit_together():
     for step in range(100000):
         if step == 10 and jax.process_index() == int(sys.argv[1]):
@@ -210,6 +223,63 @@ def test_an_error_in_one_process_stops_the_others_naming_it(tmp_path, env):
     assert run.returncode == 1, run.stdout[-3000:]
     assert "[1] [process 1/2] stopping: process 0 failed: ValueError: the data of process 0 is broken" in run.stdout
     assert "[launch] FAILED: process 0 failed first (exited with status 1)" in run.stdout
+
+
+FINISHING_SCRIPT = """
+import sys, time
+from audioldm2_jax.parallel import distributed as dist
+dist.initialize()
+import jax, numpy as np
+from jax.experimental import multihost_utils
+with dist.exit_together():
+    table = multihost_utils.process_allgather(np.array([1.0 + jax.process_index()]))
+    sys.stdout.write(f"gathered {table.ravel().tolist()}\\n")  # one write: gloo writes to the same pipe
+    sys.stdout.flush()
+    if sys.argv[1] == "raise" and jax.process_index() == 1:
+        time.sleep(3)  # process 0 is waiting at the exit barrier by now
+        raise ValueError("process 1 failed after its last collective")
+if sys.argv[1] != "end":
+    dist.shutdown()
+"""
+
+# The end of a run made uneven (tests/exit_race_runner.py): one process finishes its work EXIT_RACE_WORK_DELAY_S after
+# the others (longer than jax's shutdown barrier waits, JAX_SHUTDOWN_TIMEOUT_SECONDS), then starts jax.distributed's
+# teardown 1 s late, while the peer-failure watcher polls the coordination service continuously. Run through it, a
+# multi-process entry point must still end with status 0 on every process, and no process may talk to the
+# coordination service once its teardown has begun (such a call races with process 0 tearing the service down, and a
+# thread inside one when the interpreter exits aborts the process).
+EXIT_RACE = [str(ROOT / "tests" / "exit_race_runner.py")]
+UNEVEN_END = {"EXIT_RACE_SLOW_PROCESS": "1", "EXIT_RACE_WORK_DELAY_S": "8", "JAX_SHUTDOWN_TIMEOUT_SECONDS": "4"}
+
+
+def assert_left_together(group: launch.ProcessGroup) -> None:
+    for index in range(group.num_processes):
+        text = group.text(index)
+        assert f"process {index} made 0 coordination-service calls after the teardown began" in text, text[-3000:]
+        assert "Traceback" not in text, text[-3000:]
+
+
+def test_a_finished_run_never_kills_a_peer(tmp_path, env):
+    script = tmp_path / "finishing.py"
+    script.write_text(FINISHING_SCRIPT)
+    # distributed.shutdown() at the end: the late process may finish long after the others (process 1, then process
+    # 0, the coordination service's host). A script that ends without it: the watcher still stops before jax's exit.
+    for slow, ending, extra in ((1, "shutdown", UNEVEN_END), (0, "shutdown", UNEVEN_END), (1, "end", {})):
+        with start([*EXIT_RACE, str(script), ending], dict(env, **{**extra, "EXIT_RACE_SLOW_PROCESS": str(slow)}),
+                   tmp_path / "log.txt") as group:
+            wait_ok(group, timeout=120)
+        if extra:
+            assert f"process {slow} finishes its work 8.0 s late" in group.text(slow)
+        assert f"process {slow} starts the distributed teardown 1.0 s late" in group.text(slow)
+        assert "gathered [1.0, 2.0]" in group.text(0) and "gathered [1.0, 2.0]" in group.text(1)
+        assert_left_together(group)
+
+    # A process that fails while the others wait at the exit barrier still stops them at once, naming it.
+    with start([str(script), "raise"], env, tmp_path / "log.txt") as group:
+        codes = group.wait(timeout=120, grace=60)
+    assert codes == [dist.EXIT_PEER_FAILED, 1], codes
+    assert "[process 0/2] stopping: process 1 failed: ValueError: process 1 failed after its last collective" in \
+        group.text(0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -271,9 +341,11 @@ def test_two_processes_train_as_one_survive_a_kill_and_share_checkpoints(tmp_pat
     assert sorted(p.name for p in (checkpoints / "2" / "data").glob("process_*")) == \
         ["process_0-of-2.json", "process_1-of-2.json"]
 
-    # 2. The restart resumes from the last complete checkpoint and finishes: every loss is the reference's.
-    with start(train_command(workdir), env, log) as group:
+    # 2. The restart resumes from the last complete checkpoint and finishes: every loss is the reference's. Process 1
+    # finishes 8 s after process 0 (tests/exit_race_runner.py): both still end with status 0.
+    with start([*EXIT_RACE, *train_command(workdir)], dict(env, **UNEVEN_END), log) as group:
         wait_ok(group, timeout=400)
+    assert_left_together(group)
     summaries = [json.loads(line) for i in range(2) for line in group.lines[i] if line.startswith('{"stage"')]
     assert summaries and all(s["resumed_from"] == complete[-1] and s["final_step"] == 4 for s in summaries)
     got = losses_by_step(workdir)
@@ -334,8 +406,11 @@ def test_sampling_splits_the_prompts_across_processes(tmp_path, env):
     single = tmp_path / "single"
     sample.main([*common, "--out", str(single)])
     multi = tmp_path / "multi"
-    with start(["sample.py", *common, "--out", str(multi)], env, tmp_path / "sample_log.txt") as group:
+    # Process 1 finishes its share 8 s after process 0 (tests/exit_race_runner.py): both still end with status 0.
+    with start([*EXIT_RACE, "sample.py", *common, "--out", str(multi)], dict(env, **UNEVEN_END),
+               tmp_path / "sample_log.txt") as group:
         wait_ok(group, timeout=500)
+    assert_left_together(group)
     assert "process 0 of 2: clips 0..2 of 6" in group.text(0)
     assert "process 1 of 2: clips 3..5 of 6" in group.text(1)
     assert any("wrote 6 clips" in line for line in group.lines[0])

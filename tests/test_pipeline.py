@@ -1,7 +1,11 @@
 """AudioLDM2Pipeline end to end against diffusers' AudioLDM2Pipeline on a tiny random-weight text-to-audio
 checkpoint (every UNet routing), given the same initial latents: DDIM and DPM-Solver++ with classifier-free
-guidance and negative prompts, CLAP ranking of several waveforms per prompt, seeded noise, and bad input."""
+guidance and negative prompts, CLAP ranking of several waveforms per prompt, seeded noise, the longest LOA GPT-2's
+position table allows; bad input refused before compiling, and a diverged (NaN) sample raised, naming its prompt."""
 
+import copy
+
+import jax
 import numpy as np
 import pytest
 import torch
@@ -11,6 +15,7 @@ from pipeline_fixtures import reference_latents, tiny_checkpoint
 
 from audioldm2_jax import AudioLDM2Pipeline
 from audioldm2_jax.audio.clap_features import clap_input_features, resample_for_clap
+from audioldm2_jax.pipeline import NonFiniteOutputError
 
 # The second prompt is longer than the T5 tokenizer's 16 tokens (truncated, and it sets the batch's T5 length) and
 # than CLAP's 24; the negatives pad / truncate to the prompts' T5 length as in the reference.
@@ -146,11 +151,94 @@ def test_bad_input_fails_before_compiling(pipe, monkeypatch):
         (dict(prompt=PROMPTS, num_inference_steps=0), "num_inference_steps"),
         (dict(prompt=PROMPTS, max_new_tokens=0), "max_new_tokens"),
         (dict(prompt=[1, 2]), "prompt must be"),
+        # eta: DDIM's noise scale, a finite number >= 0
+        (dict(prompt=PROMPTS, eta=float("nan")), "eta=nan must be a finite number >= 0"),
+        (dict(prompt=PROMPTS, eta=float("inf")), "eta=inf must be a finite number"),
+        (dict(prompt=PROMPTS, eta=-0.5), "eta=-0.5 must be a finite number >= 0"),
+        (dict(prompt=PROMPTS, scheduler="dpmsolver++", eta=float("nan")), "eta=nan must be a finite number"),
+        (dict(prompt=PROMPTS, eta=True), "eta=True"),
+        # seeds: integers only
+        (dict(prompt=PROMPTS, seed=1.5), r"seed=1.5 must be an integer"),
+        (dict(prompt=PROMPTS, seed=float("nan")), r"seed=nan must be an integer"),
+        (dict(prompt=PROMPTS, seed=True), r"seed=True must be an integer"),
+        (dict(prompt=PROMPTS, seed=[1, 2.5]), r"seed=\[1, 2.5\] must be an integer"),
+        (dict(prompt=PROMPTS, seed=[False, 1]), r"must be an integer"),
+        (dict(prompt=PROMPTS, seed="7"), r"seed='7' must be an integer"),
+        # user-given initial noise must be finite (float64 beyond float32's range included)
+        (dict(prompt=PROMPTS, latents=_latents_with(0, np.nan)),
+         r"latents hold 1 non-finite value\(s\) \(NaN 1, inf 0"),
+        (dict(prompt=PROMPTS, latents=_latents_with(5, -np.inf)), r"latents hold 1 non-finite .*inf 1"),
+        (dict(prompt=PROMPTS, latents=_latents_with(7, 1e300)), r"latents hold 1 non-finite .*inf 1"),
+        # the T5 stream of PROMPTS is 16 tokens: GPT-2's 96 positions leave room for 96 - 21 + 1 = 76 new tokens
+        (dict(prompt=PROMPTS, max_new_tokens=77), r"max_new_tokens=77 is too many .*n_positions=96 .* 21 "
+                                                  r"embeddings long .*T5 16.* = 76 new tokens fit"),
     ]
     for kwargs, message in cases:
         kwargs.setdefault("audio_length_in_s", DURATION)
         with pytest.raises(ValueError, match=message):
             pipe(**kwargs)
+
+
+def _latents_with(index: int, value: float) -> np.ndarray:
+    """Initial latents for PROMPTS at DURATION, float64, with one entry (flat ``index``) set to ``value``."""
+    latents = reference_latents(2, DURATION, seed=5).astype(np.float64)
+    latents.reshape(-1)[index] = value
+    return latents
+
+
+def test_max_new_tokens_bound_matches_the_reference(checkpoint, pipe):
+    """The longest LOA is the reference's: diffusers' GPT-2 runs with n_positions - prompt + 1 new tokens and fails
+    (torch's embedding lookup out of range) with one more; the prompt is CLAP's token + the T5 tokens (16 for
+    PROMPTS, 8 for "a dog barks") + 4 SOS / EOS. Ours refuses one more before compiling, and at the bound gives the
+    reference's LOA."""
+    _, reference = checkpoint
+    positions = reference.language_model.config.n_positions
+    for prompts, t5_length in ((PROMPTS, 16), (["a dog barks"], 8)):
+        bound = positions - (t5_length + 5) + 1
+        with pytest.raises(IndexError):
+            with torch.no_grad():
+                reference.encode_prompt(prompts, "cpu", 1, False, max_new_tokens=bound + 1)
+        with pytest.raises(ValueError, match=f"max_new_tokens={bound + 1} is too many.* = {bound} new tokens fit"):
+            pipe._validate(prompts, None, None, DURATION, STEPS, 1.0, 1, "ddim", 0.0, 0, None, bound + 1)
+        request = pipe._validate(prompts, None, None, DURATION, STEPS, 1.0, 1, "ddim", 0.0, 0, None, bound)
+        assert request.max_new_tokens == bound
+    with torch.no_grad():
+        expected = reference.encode_prompt(PROMPTS, "cpu", 1, False, max_new_tokens=76)[2].numpy()
+    request = pipe._validate(PROMPTS, None, None, DURATION, STEPS, 1.0, 1, "ddim", 0.0, 0, None, 76)
+    _, loa, _, _ = pipe._encode(request)  # guidance off: the prompts' rows only
+    assert loa.shape == expected.shape == (2, 76, 32)
+    err = assert_close(loa, expected, rel=1e-4, what="LOA at the longest max_new_tokens")
+    print(f"LOA at max_new_tokens=76: max abs error {np.abs(loa - expected).max():.2e} (relative {err:.1e})")
+
+
+def test_non_finite_output_is_an_error(pipe):
+    """A diverged sample is raised, naming the prompt: here prompt 1's second waveform starts from latents that
+    overflow float32 inside the UNet (finite, so they pass the up-front check). The other prompt's waveforms are the
+    ones a clean call gives; with a NaN vocoder every prompt fails, in the waveform only."""
+    latents = reference_latents(4, DURATION, seed=2)
+    kwargs = dict(negative_prompt=NEGATIVES, audio_length_in_s=DURATION, num_inference_steps=STEPS,
+                  num_waveforms_per_prompt=2)
+    clean = pipe(PROMPTS, latents=latents, **kwargs)
+    assert np.isfinite(clean).all()
+    diverging = latents.copy()
+    diverging[3] = 3e38
+    with pytest.raises(NonFiniteOutputError, match=r"for 1 of 2 prompt\(s\), 1 of 4 waveform\(s\): prompt 1 'rain "
+                                                   r"falls.* \(row [23]; in the log-mel already") as info:
+        pipe(PROMPTS, latents=diverging, **kwargs)
+    err = info.value
+    print(err)
+    assert isinstance(err, FloatingPointError) and err.prompts == (1,) and err.rows in ((2,), (3,))
+    assert err.waveforms.shape == (4, 5760) and err.log_mel.shape == (4, 36, 16)
+    assert not np.isfinite(err.waveforms[err.rows[0]]).all() and np.isfinite(err.waveforms[:2]).all()
+    np.testing.assert_array_equal(err.waveforms[:2], clean[:2])  # prompt 0: the clean call's (ranked) waveforms
+
+    nan_vocoder = copy.copy(pipe)  # shares the compiled programs: the parameters are an argument
+    nan_vocoder.params = dict(pipe.params, vocoder=jax.tree.map(lambda x: x * np.nan, pipe.params["vocoder"]))
+    with pytest.raises(NonFiniteOutputError, match=r"2 of 2 prompt\(s\), 4 of 4 .*rows 0, 1; in the waveform only: "
+                                                   r"the vocoder\).*rows 2, 3; in the waveform only") as info:
+        nan_vocoder(PROMPTS, latents=latents, **kwargs)
+    assert info.value.prompts == (0, 1) and info.value.rows == (0, 1, 2, 3)
+    assert np.isfinite(info.value.log_mel).all()
 
 
 def test_durations_round_as_the_reference(pipe):

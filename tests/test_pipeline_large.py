@@ -26,8 +26,9 @@ def test_large_matches_diffusers(checkpoint):
     assert pipe.unet_config.transformer_layers_per_block == (2, 2)
     assert pipe.unet_config.cross_attention_dim == ((None, 32, 24, None),) * 2
     latents = reference_latents(2, DURATION, seed=4)
-    # make_sampler("pndm") is PNDMScheduler.from_config(config, skip_prk_steps=True): PLMS, steps + 1 evaluations.
+    # PLMS, steps + 1 evaluations: PNDM without its Runge-Kutta warm-up (the class default), on both sides.
     reference.scheduler = PNDMScheduler.from_config(reference.scheduler.config, skip_prk_steps=True)
+    pipe.scheduler_config = dict(pipe.scheduler_config, skip_prk_steps=True)
     kwargs = dict(audio_length_in_s=DURATION, num_inference_steps=3, guidance_scale=1.0, max_new_tokens=5)
     with torch.no_grad():
         expected = reference(PROMPTS, latents=torch.from_numpy(latents), output_type="np", **kwargs).audios

@@ -29,14 +29,15 @@ SHAPE = (2, 8, 12, 4)  # [B, C, T, F] latents, small
 REL = 1e-6
 
 
+REFERENCE_CLASSES = {"ddim": DDIMScheduler, "dpmsolver++": DPMSolverMultistepScheduler, "pndm": PNDMScheduler}
+PLMS = {"skip_prk_steps": True}  # PNDM without its Runge-Kutta warm-up
+
+
 def reference_scheduler(name, config):
-    """The diffusers scheduler AudioLDM 2 users build: DDIM from the config, the others from DDIM's config."""
+    """The diffusers scheduler AudioLDM 2 users switch to: DDIM from the config (the checkpoint's class), then
+    ``XScheduler.from_config(ddim.config)``."""
     ddim = DDIMScheduler.from_config(config)
-    if name == "ddim":
-        return ddim
-    if name == "dpmsolver++":
-        return DPMSolverMultistepScheduler.from_config(ddim.config)
-    return PNDMScheduler.from_config(ddim.config, skip_prk_steps=True)
+    return ddim if name == "ddim" else REFERENCE_CLASSES[name].from_config(ddim.config)
 
 
 def denoiser_tables(alphas_cumprod, prediction_type):
@@ -161,11 +162,18 @@ def test_schedule_tables_equal_diffusers_bit_for_bit(config):
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
-@pytest.mark.parametrize("name", SAMPLER_NAMES)
-def test_timesteps_equal_diffusers(name, spacing):
-    config = dict(PUBLISHED, timestep_spacing=spacing)
+@pytest.mark.parametrize("name,extra", [("ddim", {}), ("dpmsolver++", {}), ("pndm", {}), ("pndm", PLMS)],
+                         ids=["ddim", "dpmsolver++", "pndm", "pndm-plms"])
+def test_timesteps_equal_diffusers(name, extra, spacing):
+    config = dict(PUBLISHED, timestep_spacing=spacing, **extra)
     ref = reference_scheduler(name, config)
-    for steps in (1, 2, 3, 7, 10, 20, 50, 200, 500):
+    for steps in (1, 2, 3, 4, 7, 9, 10, 20, 50, 200, 500):
+        if name == "pndm" and not extra and steps < 4:  # the Runge-Kutta warm-up needs 4 steps, in both
+            with pytest.raises(ValueError):
+                ref.set_timesteps(steps)
+            with pytest.raises(ValueError, match="skip_prk_steps"):
+                make_sampler(name, config, steps)
+            continue
         ref.set_timesteps(steps)
         sampler = make_sampler(name, config, steps)
         np.testing.assert_array_equal(sampler.timesteps, ref.timesteps.numpy(), err_msg=f"{name} {steps} steps")
@@ -178,7 +186,11 @@ def test_published_config_values():
     # leading spacing over S + 1 parts, steps_offset 1 carried over from the DDIM config
     assert make_sampler("dpmsolver++", PUBLISHED, 10).timesteps.tolist() == [
         901, 811, 721, 631, 541, 451, 361, 271, 181, 91]
-    assert make_sampler("pndm", PUBLISHED, 4).timesteps.tolist() == [751, 501, 501, 251, 1]
+    # PNDM: three Runge-Kutta steps of four evaluations (t, t - h/2 twice, t - h) over the top timesteps, then PLMS;
+    # without the warm-up (skip_prk_steps), PLMS with t_1 evaluated twice.
+    assert make_sampler("pndm", PUBLISHED, 4).timesteps.tolist() == [
+        751, 626, 626, 501, 501, 376, 376, 251, 251, 126, 126, 1, 1]
+    assert make_sampler("pndm", dict(PUBLISHED, **PLMS), 4).timesteps.tolist() == [751, 501, 501, 251, 1]
     for name in SAMPLER_NAMES:
         sampler = make_sampler(name, PUBLISHED, 10)
         # The full configs diffusers saves (every key of each scheduler class) give the same plan.
@@ -201,17 +213,27 @@ def test_ddim_steps_match_diffusers(steps, eta):
 
 
 @pytest.mark.parametrize("steps", [10, 20, 50])
-@pytest.mark.parametrize("name", ["dpmsolver++", "pndm"])
-def test_multistep_steps_match_diffusers(name, steps):
-    check_steps(name, PUBLISHED, steps)
+@pytest.mark.parametrize("name,extra", [("dpmsolver++", {}), ("pndm", {}), ("pndm", PLMS)],
+                         ids=["dpmsolver++", "pndm", "pndm-plms"])
+def test_multistep_steps_match_diffusers(name, extra, steps):
+    check_steps(name, dict(PUBLISHED, **extra), steps)
+
+
+@pytest.mark.parametrize("steps", [4, 5, 9])
+def test_pndm_runge_kutta_warmup_matches_diffusers(steps):
+    """The fewest steps the warm-up allows (4: nothing but the warm-up and one PLMS step), and an odd stride
+    (9 steps: h = 111, so the half step is 55 and a Runge-Kutta step covers 110)."""
+    check_steps("pndm", PUBLISHED, steps)
 
 
 @pytest.mark.parametrize("name,eta,prediction_type", [
     ("ddim", 0.0, "v_prediction"), ("ddim", 1.0, "v_prediction"), ("dpmsolver++", 0.0, "v_prediction"),
-    ("pndm", 0.0, "v_prediction"), ("ddim", 0.0, "sample"), ("dpmsolver++", 0.0, "sample"),
+    ("pndm", 0.0, "v_prediction"), ("pndm-plms", 0.0, "v_prediction"), ("ddim", 0.0, "sample"),
+    ("dpmsolver++", 0.0, "sample"),
 ])
 def test_prediction_types_match_diffusers(name, eta, prediction_type):
-    check_steps(name, dict(PUBLISHED, prediction_type=prediction_type), 20, eta)
+    extra = PLMS if name == "pndm-plms" else {}
+    check_steps(name.removesuffix("-plms"), dict(PUBLISHED, prediction_type=prediction_type, **extra), 20, eta)
 
 
 @pytest.mark.parametrize("name,overrides,steps", [
@@ -226,6 +248,7 @@ def test_prediction_types_match_diffusers(name, eta, prediction_type):
     ("dpmsolver++", {"euler_at_final": True, "beta_schedule": "squaredcos_cap_v2", "lambda_min_clipped": -5.1,
                      "timestep_spacing": "linspace"}, 16),
     ("pndm", {"timestep_spacing": "trailing", "set_alpha_to_one": True}, 15),
+    ("pndm", {"timestep_spacing": "linspace", "skip_prk_steps": True}, 15),
 ])
 def test_scheduler_options_match_diffusers(name, overrides, steps):
     check_steps(name, dict(PUBLISHED, **overrides), steps)
@@ -236,14 +259,17 @@ def test_scheduler_options_match_diffusers(name, overrides, steps):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,steps,eta", [("ddim", 50, 1.0), ("dpmsolver++", 25, 0.0), ("pndm", 25, 0.0)])
-def test_jitted_loop_matches_diffusers_loop(name, steps, eta):
-    ref = reference_scheduler(name, PUBLISHED)
+@pytest.mark.parametrize("name,steps,eta,extra", [
+    ("ddim", 50, 1.0, {}), ("dpmsolver++", 25, 0.0, {}), ("pndm", 25, 0.0, {}), ("pndm", 25, 0.0, PLMS)],
+    ids=["ddim", "dpmsolver++", "pndm", "pndm-plms"])
+def test_jitted_loop_matches_diffusers_loop(name, steps, eta, extra):
+    config = dict(PUBLISHED, **extra)
+    ref = reference_scheduler(name, config)
     p, q = denoiser_tables(ref.alphas_cumprod.numpy(), "epsilon")
     x_T, u, w = fixed_arrays(1)
     _, _, ref_outputs = run_reference(ref, steps, x_T, p, q, u, w, eta)
 
-    sampler = make_sampler(name, PUBLISHED, steps, eta=eta)
+    sampler = make_sampler(name, config, steps, eta=eta)
     p_j, q_j, u_j, w_j = map(jnp.asarray, (p, q, u, w))
     calls = []
 
@@ -305,7 +331,7 @@ def test_unsupported_solver_options_name_the_key():
                            "algorithm_type"), ({"use_karras_sigmas": True}, "use_karras_sigmas")]:
         with pytest.raises(ValueError, match=key):
             make_sampler("dpmsolver++", dict(PUBLISHED, **overrides), 10)
-    with pytest.raises(ValueError, match="skip_prk_steps"):
-        make_sampler("pndm", dict(PUBLISHED, skip_prk_steps=False), 10)
+    with pytest.raises(ValueError, match="num_inference_steps=3 is too few.*skip_prk_steps"):
+        make_sampler("pndm", PUBLISHED, 3)
     with pytest.raises(ValueError, match="num_inference_steps"):
         make_sampler("ddim", PUBLISHED, 1001)

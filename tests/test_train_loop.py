@@ -52,8 +52,6 @@ def test_config_errors_name_the_problem_before_compiling(tmp_path):
         Trainer.build(smoke_config(**{"mesh.data": 8, "batch_size": 12}), tmp_path)
     with pytest.raises(config_lib.ConfigError, match="grad_accum_steps"):
         Trainer.build(smoke_config(**{"mesh.data": 8, "batch_size": 8, "grad_accum_steps": 2}), tmp_path)
-    with pytest.raises(config_lib.ConfigError, match="one example per data shard"):
-        Trainer.build(smoke_config(**{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "batch_size": 4}), tmp_path)
     with pytest.raises(config_lib.ConfigError, match="stage='nope'"):
         Trainer.build(smoke_config(stage="nope"), tmp_path)
 

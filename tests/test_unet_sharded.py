@@ -10,7 +10,7 @@ import numpy as np
 from conftest import assert_close
 
 from audioldm2_jax.models.unet import AudioLDM2UNet, UNetConfig, unet_dummy_inputs
-from audioldm2_jax.parallel.partitioning import DEFAULT_RULES, make_mesh, sharded_init
+from audioldm2_jax.parallel.partitioning import DEFAULT_RULES, make_mesh, sharded_init, training_rules
 
 CONFIG = UNetConfig(in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=(1, 1),
                     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -50,3 +50,15 @@ def test_sharded_init_and_forward_match_single_device():
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
         out = jax.jit(model.apply)(sharded, *args)
     assert_close(out, expected, rel=1e-5, what="sharded unet")
+
+
+def test_training_rules_unshard_conv_inputs_only_on_three_axis_meshes():
+    # The workaround of XLA's wrong convolution gradients (bench/sharded_conv_grad.py): conv_in -> None when data,
+    # fsdp and tensor are all > 1; every other rule, and every other mesh, unchanged.
+    three = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    rules = dict(training_rules(DEFAULT_RULES, three))
+    assert rules["conv_in"] is None
+    assert {k: v for k, v in rules.items() if k != "conv_in"} == {k: v for k, v in DEFAULT_RULES if k != "conv_in"}
+    for shape in ({"data": 1, "fsdp": 4, "tensor": 2}, {"data": 4, "fsdp": 1, "tensor": 2},
+                  {"data": 2, "fsdp": 4, "tensor": 1}):
+        assert training_rules(DEFAULT_RULES, make_mesh(shape)) == tuple(DEFAULT_RULES)

@@ -1,8 +1,11 @@
-"""HiFi-GAN vocoder parity with transformers' SpeechT5HifiGan (random weights, small config), weight-norm folding,
-output length and conversion errors."""
+"""HiFi-GAN vocoder parity with transformers' SpeechT5HifiGan: the configuration transformers' own tests build
+(``SpeechT5HifiGanTester``) and variants of every option, with every tensor of the reference re-drawn (fan-in scaled
+kernels, biases, normalisation statistics); weight-norm folding, output length, config reading and conversion
+errors."""
 
 import functools
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -23,11 +26,28 @@ SMALL = dict(model_in_dim=16, upsample_initial_channel=64, upsample_rates=[5, 4,
              upsample_kernel_sizes=[16, 16, 8, 6], resblock_kernel_sizes=[3, 7],
              resblock_dilation_sizes=[[1, 3, 5], [1, 2]], leaky_relu_slope=0.2, normalize_before=True)
 FRAMES = 9
+PUBLISHED = Path(__file__).resolve().parents[1] / "configs/published/audioldm2-base"
 
 
-def _reference(seed: int, weight_norm: bool = False, **overrides):
+CASES = {
+    "small: published stage pattern, odd k - u, two MRF kernels, slope 0.2, normalize_before": SMALL,
+    # SpeechT5HifiGanTester: transformers' defaults (4 x rate 4 kernel 8, 3 MRF kernels, normalize_before) at 32
+    # channels.
+    "transformers' tester (model_in_dim 20, 32 channels, defaults)": dict(model_in_dim=20, upsample_initial_channel=32),
+    # Channels halve with rounding down: 24 -> 12, 6, 3, 1.
+    "24 channels over 4 stages, one MRF kernel, no normalize_before": dict(
+        model_in_dim=12, upsample_initial_channel=24, upsample_rates=[2, 2, 3, 2], upsample_kernel_sizes=[4, 4, 7, 4],
+        resblock_kernel_sizes=[5], resblock_dilation_sizes=[[1, 2]], normalize_before=False),
+    # The reference pairs the lists with zip: the extra kernel size and dilation list are never used.
+    "extra upsample kernel size and dilation list": dict(
+        model_in_dim=8, upsample_initial_channel=16, upsample_rates=[3, 2], upsample_kernel_sizes=[7, 4, 9],
+        resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3], [2]], leaky_relu_slope=0.05),
+}
+
+
+def _reference(seed: int, weight_norm: bool = False, base: dict = SMALL, **overrides):
     torch.manual_seed(seed)
-    model = transformers.SpeechT5HifiGan(transformers.SpeechT5HifiGanConfig(**{**SMALL, **overrides})).eval()
+    model = transformers.SpeechT5HifiGan(transformers.SpeechT5HifiGanConfig(**{**base, **overrides})).eval()
     with torch.no_grad():
         # transformers' init (normal, std 0.01) shrinks the signal at every layer, leaving a ~1e-6 output: give every
         # convolution a fan-in-scaled init (and biases) so that activations keep their scale and the comparison is
@@ -52,7 +72,7 @@ def _vocode(config: VocoderConfig):
 
 def _compare(ref, folder, what):
     config, params = load_vocoder(folder)
-    mel = np.random.default_rng(0).normal(size=(2, FRAMES, SMALL["model_in_dim"])).astype(np.float32)
+    mel = np.random.default_rng(0).normal(size=(2, FRAMES, config.model_in_dim)).astype(np.float32)
     ours = _vocode(config)(params, mel)
     with torch.no_grad():
         theirs = ref(torch.from_numpy(mel)).numpy()
@@ -63,12 +83,67 @@ def _compare(ref, folder, what):
     return config
 
 
-def test_waveform_matches_transformers(tmp_path):
-    ref = _reference(0)
+@pytest.mark.parametrize("case", list(CASES))
+def test_waveform_matches_transformers(tmp_path, case):
+    ref = _reference(0, base=CASES[case])
     ref.save_pretrained(tmp_path)
-    config = _compare(ref, tmp_path, "waveform")
-    assert config.normalize_before and config.leaky_relu_slope == 0.2
-    assert config.output_length(FRAMES) == ((((FRAMES * 5 + 1) * 4) * 2) * 3 + 1)
+    config = _compare(ref, tmp_path, case)
+    for key in ("model_in_dim", "upsample_initial_channel", "leaky_relu_slope", "normalize_before"):
+        assert getattr(config, key) == getattr(ref.config, key), key
+    if case == next(iter(CASES)):
+        assert config.output_length(FRAMES) == ((((FRAMES * 5 + 1) * 4) * 2) * 3 + 1)
+
+
+def test_unbatched_spectrogram(tmp_path):
+    """One [T, model_in_dim] spectrogram gives one [N] waveform, as in the reference."""
+    ref = _reference(4)
+    ref.save_pretrained(tmp_path)
+    config, params = load_vocoder(tmp_path)
+    mel = np.random.default_rng(1).normal(size=(FRAMES, config.model_in_dim)).astype(np.float32)
+    ours = HifiGanVocoder(config).apply({"params": params}, mel)
+    with torch.no_grad():
+        theirs = ref(torch.from_numpy(mel)).numpy()
+    assert ours.shape == theirs.shape == (config.output_length(FRAMES),)
+    assert_close(ours, theirs, what="un-batched waveform")
+    with pytest.raises(ValueError, match="log-mel"):
+        HifiGanVocoder(config).apply({"params": params}, mel[..., :3])
+
+
+def test_a_wrong_mapping_is_caught(tmp_path):
+    """With every tensor re-drawn, swapping the biases of a residual block's two convolutions fails the comparison."""
+    ref = _reference(5)
+    ref.save_pretrained(tmp_path)
+    config, params = load_vocoder(tmp_path)
+    block = params["resblocks_1"]
+    block["convs1_0"]["bias"], block["convs2_0"]["bias"] = block["convs2_0"]["bias"], block["convs1_0"]["bias"]
+    mel = np.random.default_rng(0).normal(size=(2, FRAMES, config.model_in_dim)).astype(np.float32)
+    with torch.no_grad():
+        theirs = ref(torch.from_numpy(mel)).numpy()
+    with pytest.raises(AssertionError, match="max abs error"):
+        assert_close(_vocode(config)(params, mel), theirs)
+
+
+def _fields(config) -> dict:
+    def plain(v):
+        return tuple(plain(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+    return {key: plain(getattr(config, key)) for key in VocoderConfig.__dataclass_fields__}
+
+
+def test_config_reads_like_transformers(tmp_path):
+    """Every key of a saved config.json, dropped one at a time, reads as transformers reads the same dict (its
+    defaults fill the gap)."""
+    # Every field away from its default, with list lengths that stay consistent when one list falls back to it.
+    _reference(6, base=dict(model_in_dim=12, sampling_rate=22050, upsample_initial_channel=48,
+                            upsample_rates=[2, 2, 3, 2], upsample_kernel_sizes=[4, 4, 7, 4],
+                            resblock_kernel_sizes=[3, 5, 7], resblock_dilation_sizes=[[1, 2], [1], [2, 3]],
+                            leaky_relu_slope=0.2, normalize_before=False)).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for key in [None, *VocoderConfig.__dataclass_fields__]:
+        d = {k: v for k, v in saved.items() if k != key}
+        ours = VocoderConfig.from_transformers(d)
+        assert _fields(ours) == _fields(transformers.SpeechT5HifiGanConfig.from_dict(d)), f"without {key!r}"
+    assert _fields(VocoderConfig.from_transformers({})) == _fields(transformers.SpeechT5HifiGanConfig())
 
 
 def test_weight_norm_checkpoint_is_folded(tmp_path):
@@ -83,7 +158,7 @@ def test_weight_norm_checkpoint_is_folded(tmp_path):
 
 
 def test_published_config_length():
-    published = json.loads(open(__file__.rsplit("/tests/", 1)[0] + "/configs/published/audioldm2-base/vocoder.json").read())
+    published = json.loads((PUBLISHED / "vocoder.json").read_text())
     config = VocoderConfig.from_transformers(published)
     assert config == VocoderConfig() and config.hop_length == 160
     for frames in (1, 7, 1024):
@@ -109,6 +184,15 @@ def test_bad_checkpoints(tmp_path):
         load_vocoder(bad)
     (bad / "config.json").write_text(json.dumps({**saved, "upsample_kernel_sizes": [4, 16, 8, 6]}))
     with pytest.raises(CheckpointError, match="upsample_kernel_sizes"):
+        load_vocoder(bad)
+    (bad / "config.json").write_text(json.dumps({**saved, "upsample_kernel_sizes": [16, 16, 8]}))
+    with pytest.raises(CheckpointError, match="upsample_kernel_sizes has 3 entries"):
+        load_vocoder(bad)
+    (bad / "config.json").write_text(json.dumps({**saved, "resblock_kernel_sizes": [3, 4]}))
+    with pytest.raises(CheckpointError, match="odd"):
+        load_vocoder(bad)
+    (bad / "config.json").write_text(json.dumps({**saved, "upsample_initial_channel": 8}))
+    with pytest.raises(CheckpointError, match="upsample_initial_channel=8"):
         load_vocoder(bad)
 
 

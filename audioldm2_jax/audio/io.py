@@ -77,14 +77,23 @@ def _read_with_librosa(path: str, soundfile_error: Exception) -> tuple[np.ndarra
 
 
 def write_wav(path, wave, sr: int = 16000) -> None:
-    """Writes 16-bit PCM WAV. ``wave``: float ``[N]`` or ``[N, C]`` in [-1, 1]; louder samples are clipped,
-    NaN becomes 0."""
+    """Writes 16-bit PCM WAV. ``wave``: float ``[N]`` or ``[N, C]`` in [-1, 1]; louder samples are clipped.
+
+    Raises:
+      ValueError: a NaN or infinite sample (nothing is written). A diverged model gives NaN; written as silence or
+        full scale it would pass for a result.
+    """
     import soundfile
 
     wave = np.asarray(wave, np.float32)
     if wave.ndim not in (1, 2):
         raise ValueError(f"write_wav expects [N] or [N, C], got shape {wave.shape}")
-    wave = np.nan_to_num(wave, nan=0.0, posinf=1.0, neginf=-1.0)
+    bad = ~np.isfinite(wave)
+    if bad.any():
+        first = int(np.flatnonzero(bad.reshape(-1))[0]) // (wave.shape[1] if wave.ndim == 2 else 1)
+        raise ValueError(f"write_wav {os.fspath(path)!r}: {int(bad.sum())} of {wave.size} samples are not finite "
+                         f"(NaN {int(np.isnan(wave).sum())}, inf {int(np.isinf(wave).sum())}; the first at sample "
+                         f"{first}); refusing to write them as audio")
     # 32768 is the scale readers divide by (soundfile, torchaudio), so a write-read round trip is exact to half
     # a step; +1.0 itself clips to 32767.
     pcm = np.clip(np.round(wave.astype(np.float64) * 32768.0), -32768, 32767).astype(np.int16)

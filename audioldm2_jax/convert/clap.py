@@ -1,5 +1,5 @@
-"""transformers ``ClapModel`` checkpoint (the ``text_encoder`` folder of AudioLDM 2, or laion/clap-htsat-unfused)
--> ``(ClapConfig, params)`` for ``models.clap.ClapModel``."""
+"""transformers ``ClapModel`` checkpoint (the ``text_encoder`` folder of AudioLDM 2, laion/clap-htsat-unfused or
+laion/clap-htsat-fused) -> ``(ClapConfig, params)`` for ``models.clap.ClapModel``."""
 
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ def _rename(key: str) -> str | None:
 def abstract_params(config: ClapConfig):
     """Shapes of the Flax parameter tree (no arrays are allocated)."""
     model = ClapModel(config)
-    c = config.audio
     ids = jax.ShapeDtypeStruct((1, 4), jnp.int32)
-    feats = jax.ShapeDtypeStruct((1, c.spec_size * c.freq_ratio, c.num_mel_bins), jnp.float32)
+    # Initialisation takes the audio shapes from the config alone (also for configs whose audio tower cannot run).
+    feats = jax.ShapeDtypeStruct((1, 1, 1, config.audio.num_mel_bins), jnp.float32)
     return jax.eval_shape(lambda i, f: model.init(jax.random.PRNGKey(0), i, jnp.ones_like(i), f), ids, feats)
 
 

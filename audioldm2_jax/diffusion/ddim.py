@@ -23,15 +23,21 @@ from audioldm2_jax.diffusion.schedule import (
     NoiseSchedule, SCHEDULE_DEFAULTS, TIMESTEP_SPACINGS, _check_bool, _check_choice, _check_float, _check_int,
     read_scheduler_config, spaced_timesteps)
 
-# diffusers' DDIMScheduler defaults, except clip_sample: off here (latent diffusion never clips; the published
-# AudioLDM 2 config says false), where diffusers' constructor default is true.
+# DDIMScheduler.__init__'s signature and defaults (diffusers 0.42), every key: what from_config reads. Note
+# clip_sample: on by default, as in diffusers, so a config that omits it (or lists it in _use_default_values) clips
+# x0 to [-1, 1]; the published AudioLDM 2 config says false explicitly. Options that only act with thresholding
+# (dynamic_thresholding_ratio, sample_max_value) are read and unused.
 DDIM_DEFAULTS = {
     **SCHEDULE_DEFAULTS,
+    "clip_sample": True,
     "set_alpha_to_one": True,
     "steps_offset": 0,
-    "timestep_spacing": "leading",
-    "clip_sample": False,
+    "thresholding": False,
+    "dynamic_thresholding_ratio": 0.995,
     "clip_sample_range": 1.0,
+    "sample_max_value": 1.0,
+    "timestep_spacing": "leading",
+    "rescale_betas_zero_snr": False,
 }
 
 
@@ -53,19 +59,23 @@ class DDIMSampler(Sampler):
     @classmethod
     def from_config(cls, d: Mapping[str, Any], num_inference_steps: int, eta: float = 0.0,
                     use_clipped_model_output: bool = False) -> "DDIMSampler":
-        """As ``DDIMScheduler.from_config(d)`` + ``set_timesteps(num_inference_steps)``, stepping with ``eta``."""
+        """As ``DDIMScheduler.from_config(d)`` + ``set_timesteps(num_inference_steps)``, stepping with ``eta``.
+
+        ``d`` is read with diffusers' rules (:func:`~audioldm2_jax.diffusion.schedule.read_scheduler_config`):
+        DDIM's own defaults for what it lacks or lists in ``_use_default_values``."""
         owner = "DDIMSampler"
         c = read_scheduler_config(d, DDIM_DEFAULTS, owner)
         schedule = NoiseSchedule.from_diffusers(c)
         n = schedule.num_train_timesteps
         spacing = _check_choice(c["timestep_spacing"], TIMESTEP_SPACINGS, "timestep_spacing", owner)
-        offset = _check_int(c["steps_offset"], "steps_offset", owner, 0)
+        # diffusers reads steps_offset for "leading" spacing only (a null offset is harmless otherwise).
+        offset = _check_int(c["steps_offset"], "steps_offset", owner, 0) if spacing == "leading" else 0
         steps = _check_int(num_inference_steps, "num_inference_steps", owner, 1)
         eta = _check_float(eta, "eta", owner)
         if eta < 0:
             raise ValueError(f"{owner}: eta={eta} must be >= 0")
         clip = _check_bool(c["clip_sample"], "clip_sample", owner)
-        clip_range = _check_float(c["clip_sample_range"], "clip_sample_range", owner)
+        clip_range = _check_float(c["clip_sample_range"], "clip_sample_range", owner) if clip else None
 
         timesteps = spaced_timesteps(spacing, n, steps, offset)
         if timesteps.max() >= n:
@@ -87,7 +97,7 @@ class DDIMSampler(Sampler):
             sqrt_alpha=as_table(np.sqrt(a_t)), sqrt_one_minus_alpha=as_table(np.sqrt(1 - a_t)),
             sqrt_alpha_prev=as_table(np.sqrt(a_prev)),
             direction=as_table(np.sqrt(np.maximum(1 - a_prev - std * std, 0.0))), noise_std=as_table(std),
-            eta=eta, clip_sample_range=clip_range if clip else None,
+            eta=eta, clip_sample_range=clip_range,
             use_clipped_model_output=bool(use_clipped_model_output))
 
     def init_state(self, sample):

@@ -13,9 +13,10 @@ The first step is first order (no history yet); so is the last when ``final_sigm
 sigma is 0, where the first-order update returns ``x0`` itself), and with ``lower_order_final`` when there are
 fewer than 15 steps, or with ``euler_at_final``.
 
-Built from the published DDIM config (``DPMSolverMultistepScheduler.from_config(ddim.config)``, as AudioLDM 2
-users do), the DDIM keys ``timestep_spacing="leading"`` and ``steps_offset=1`` carry over, so the timesteps are
-``k * (N // (S + 1)) + 1`` for ``k = S .. 1``.
+Switching the published DDIM checkpoint to this solver (``DPMSolverMultistepScheduler.from_config(ddim.config)``,
+as AudioLDM 2 users do) carries over the keys the config names, ``timestep_spacing="leading"`` and
+``steps_offset=1``, so the timesteps are ``k * (N // (S + 1)) + 1`` for ``k = S .. 1``. Keys the config lacks or
+lists in ``_use_default_values`` take this solver's defaults ("linspace" spacing for a default-built DDIM).
 """
 
 from __future__ import annotations
@@ -31,19 +32,42 @@ from audioldm2_jax.diffusion.schedule import (
     NoiseSchedule, SCHEDULE_DEFAULTS, TIMESTEP_SPACINGS, _check_bool, _check_choice, _check_float, _check_int,
     read_scheduler_config)
 
-# diffusers' DPMSolverMultistepScheduler defaults.
+# DPMSolverMultistepScheduler.__init__'s signature and defaults (diffusers 0.42), every key: what from_config
+# reads. Options that only act with an unsupported mode (thresholding, flow sigmas, dynamic shifting) are read and
+# unused; the modes themselves raise (schedule.UNSUPPORTED_FLAGS).
 DPM_DEFAULTS = {
     **SCHEDULE_DEFAULTS,
     "solver_order": 2,
+    "thresholding": False,
+    "dynamic_thresholding_ratio": 0.995,
+    "sample_max_value": 1.0,
     "algorithm_type": "dpmsolver++",
     "solver_type": "midpoint",
     "lower_order_final": True,
     "euler_at_final": False,
+    "use_karras_sigmas": False,
+    "use_exponential_sigmas": False,
+    "use_beta_sigmas": False,
+    "use_lu_lambdas": False,
+    "use_flow_sigmas": False,
+    "flow_shift": 1.0,
     "final_sigmas_type": "zero",
     "lambda_min_clipped": -float("inf"),
+    "variance_type": None,
     "timestep_spacing": "linspace",
     "steps_offset": 0,
+    "rescale_betas_zero_snr": False,
+    "use_dynamic_shifting": False,
+    "time_shift_type": "exponential",
 }
+
+# Names DPMSolverMultistepScheduler's constructor rewrites (configs of DEIS / UniPC schedulers switched to it).
+_ALGORITHM_ALIASES = {"deis": "dpmsolver++"}
+_SOLVER_TYPE_ALIASES = {"logrho": "midpoint", "bh1": "midpoint", "bh2": "midpoint"}
+
+
+def _alias(value, aliases: Mapping[str, str]):
+    return aliases.get(value, value) if isinstance(value, str) else value
 
 
 def dpm_timesteps(spacing: str, num_train_timesteps: int, num_inference_steps: int, steps_offset: int,
@@ -93,21 +117,31 @@ class DPMSolverMultistepSampler(Sampler):
 
     @classmethod
     def from_config(cls, d: Mapping[str, Any], num_inference_steps: int) -> "DPMSolverMultistepSampler":
-        """As ``DPMSolverMultistepScheduler.from_config(d)`` + ``set_timesteps(num_inference_steps)``."""
+        """As ``DPMSolverMultistepScheduler.from_config(d)`` + ``set_timesteps(num_inference_steps)``.
+
+        ``d`` is read with diffusers' rules (:func:`~audioldm2_jax.diffusion.schedule.read_scheduler_config`):
+        this solver's own defaults for what it lacks or lists in ``_use_default_values``, whichever class wrote
+        it."""
         owner = "DPMSolverMultistepSampler"
         c = read_scheduler_config(d, DPM_DEFAULTS, owner)
         schedule = NoiseSchedule.from_diffusers(c)
         n = schedule.num_train_timesteps
-        _check_choice(c["algorithm_type"], ("dpmsolver++",), "algorithm_type", owner)
-        solver_type = _check_choice(c["solver_type"], ("midpoint", "heun"), "solver_type", owner)
+        algorithm = _alias(c["algorithm_type"], _ALGORITHM_ALIASES)
+        _check_choice(algorithm, ("dpmsolver++",), "algorithm_type", owner)
+        solver_type = _check_choice(_alias(c["solver_type"], _SOLVER_TYPE_ALIASES), ("midpoint", "heun"),
+                                    "solver_type", owner)
         order = _check_int(c["solver_order"], "solver_order", owner, 1)
         if order > 2:
             raise ValueError(f"{owner}: solver_order={order} is not supported (1 or 2)")
         final_type = _check_choice(c["final_sigmas_type"], ("zero", "sigma_min"), "final_sigmas_type", owner)
+        if c["algorithm_type"] == "deis" and final_type == "zero":  # diffusers checks the name it was given
+            raise ValueError(f"{owner}: final_sigmas_type='zero' is not supported with algorithm_type='deis' "
+                             "(diffusers requires 'sigma_min' there)")
         lower_order_final = _check_bool(c["lower_order_final"], "lower_order_final", owner)
         euler_at_final = _check_bool(c["euler_at_final"], "euler_at_final", owner)
         spacing = _check_choice(c["timestep_spacing"], TIMESTEP_SPACINGS, "timestep_spacing", owner)
-        offset = _check_int(c["steps_offset"], "steps_offset", owner, 0)
+        # diffusers reads steps_offset for "leading" spacing only (a null offset is harmless otherwise).
+        offset = _check_int(c["steps_offset"], "steps_offset", owner, 0) if spacing == "leading" else 0
         lambda_min = _check_float(c["lambda_min_clipped"], "lambda_min_clipped", owner)
         steps = _check_int(num_inference_steps, "num_inference_steps", owner, 1)
         if steps >= n:

@@ -1,12 +1,15 @@
-"""PLMS, the linear multistep half of PNDM (Liu et al., 2022): diffusers' PNDMScheduler with skip_prk_steps.
+"""PNDM (Liu et al., 2022): diffusers' PNDMScheduler, with its Runge-Kutta warm-up (the default) or without it
+(``skip_prk_steps``: PLMS alone).
 
-Each step moves the sample from ``t`` to ``t' = t - N // S`` with the transfer of the PNDM paper (eq. 9),
+Each step moves the sample from ``t`` to ``t'`` with the transfer of the PNDM paper (eq. 9),
 
     x_t' = sqrt(abar_t' / abar_t) x_t
            - (abar_t' - abar_t) e / (abar_t sqrt(1 - abar_t') + sqrt(abar_t (1 - abar_t) abar_t')),
 
-where ``e`` is an Adams-Bashforth combination of the recent noise predictions. Without Runge-Kutta warm-up,
-diffusers starts the history with a Heun-like pair of evaluations, so the model runs ``S + 1`` times:
+where ``e`` combines the noise predictions. With ``h = N // S``:
+
+PLMS (``skip_prk_steps``). Without a warm-up, diffusers starts the history with a Heun-like pair of
+evaluations, so the model runs ``S + 1`` times (``t' = t - h``):
 
     i = 0: e = e_0 at t_0 (the first sample is kept)
     i = 1: the model is evaluated again at t_1 (a duplicated timestep) on the sample produced by step 0;
@@ -14,6 +17,11 @@ diffusers starts the history with a Heun-like pair of evaluations, so the model 
     i = 2: e = (3 e_2 - e_0) / 2                                     (e_1 never enters the history)
     i = 3: e = (23 e_3 - 16 e_2 + 5 e_0) / 12
     i > 3: e = (55 e_i - 59 e_{i-1} + 37 e_{i-2} - 9 e_{i-3}) / 24
+
+PRK warm-up (the class default): the three highest timesteps are crossed by three classical fourth-order
+Runge-Kutta steps of four evaluations each (at t, t - h/2, t - h/2 and t - h, every transfer starting from the
+sample at t, the last with e = (e_1 + 2 e_2 + 2 e_3 + e_4) / 6), whose first evaluations fill the history; then
+every remaining step is the four-step formula above. The model runs ``12 + S - 3`` times; ``S >= 4``.
 """
 
 from __future__ import annotations
@@ -30,25 +38,30 @@ from audioldm2_jax.diffusion.schedule import (
     NoiseSchedule, SCHEDULE_DEFAULTS, TIMESTEP_SPACINGS, _check_bool, _check_choice, _check_int,
     read_scheduler_config, spaced_timesteps)
 
-# diffusers' PNDMScheduler defaults; skip_prk_steps is the only mode implemented, so it is the default here.
+# PNDMScheduler.__init__'s signature and defaults (diffusers 0.42), every key: what from_config reads. Note
+# skip_prk_steps: off by default, so a config that omits it (the published DDIM one) runs the Runge-Kutta warm-up.
 PNDM_DEFAULTS = {
     **SCHEDULE_DEFAULTS,
-    "skip_prk_steps": True,
+    "skip_prk_steps": False,
     "set_alpha_to_one": False,
-    "steps_offset": 0,
     "timestep_spacing": "leading",
+    "steps_offset": 0,
 }
 
-# Which history combination step i uses (index into PNDMSampler._updates).
-_FIRST, _HEUN, _AB2, _AB3, _AB4 = range(5)
+# Which combination step i uses (index into the branches of PNDMSampler.step): the PLMS start, its Heun-like
+# restart, Adams-Bashforth of order 2-4, and the four stages of a Runge-Kutta step.
+_FIRST, _HEUN, _AB2, _AB3, _AB4, _RK1, _RK2, _RK3, _RK4 = range(9)
+# diffusers' Runge-Kutta order (the history length the warm-up leaves: PNDMScheduler.pndm_order).
+_PNDM_ORDER = 4
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class PNDMSampler(Sampler):
-    """PLMS over a static plan. ``modes`` (int32 ``[S + 1]``) picks the combination of step i; the tables hold
+    """PNDM over a static plan. ``modes`` (int32 ``[num_steps]``) picks the combination of step i; the tables hold
     ``sqrt(abar_t' / abar_t)`` (``coef_sample``), ``abar_t' - abar_t`` (``coef_eps``), the denominator
-    (``denominator``) and, for v-prediction, ``sqrt(abar_t)`` / ``sqrt(1 - abar_t)``. The state is
-    ``(history [4, B, ...] newest last, kept first sample [B, ...])``."""
+    (``denominator``) and, for v-prediction, ``sqrt(abar_t)`` / ``sqrt(1 - abar_t)``, with ``t`` the timestep the
+    transfer starts from and ``t'`` the one it reaches. The state is ``(history [4, B, ...] newest last, kept
+    sample [B, ...], Runge-Kutta sum [B, ...])``."""
 
     modes: np.ndarray = None
     coef_sample: np.ndarray = None
@@ -56,34 +69,39 @@ class PNDMSampler(Sampler):
     denominator: np.ndarray = None
     sqrt_alpha: np.ndarray = None
     sqrt_one_minus_alpha: np.ndarray = None
+    skip_prk_steps: bool = True
 
     @classmethod
     def from_config(cls, d: Mapping[str, Any], num_inference_steps: int) -> "PNDMSampler":
-        """As ``PNDMScheduler.from_config(d, skip_prk_steps=True)`` + ``set_timesteps(num_inference_steps)``."""
+        """As ``PNDMScheduler.from_config(d)`` + ``set_timesteps(num_inference_steps)``.
+
+        ``d`` is read with diffusers' rules (:func:`~audioldm2_jax.diffusion.schedule.read_scheduler_config`):
+        PNDM's own defaults for what it lacks or lists in ``_use_default_values``, so without ``skip_prk_steps``
+        the plan starts with the Runge-Kutta warm-up (which needs ``num_inference_steps >= 4``)."""
         owner = "PNDMSampler"
         c = read_scheduler_config(d, PNDM_DEFAULTS, owner)
-        if not _check_bool(c["skip_prk_steps"], "skip_prk_steps", owner):
-            raise ValueError(f"{owner}: skip_prk_steps=false (Runge-Kutta warm-up) is not supported")
+        skip_prk = _check_bool(c["skip_prk_steps"], "skip_prk_steps", owner)
         schedule = NoiseSchedule.from_diffusers(c)
         if schedule.prediction_type == "sample":
             raise ValueError(f"{owner}: prediction_type='sample' is not supported by PNDM")
         n = schedule.num_train_timesteps
         spacing = _check_choice(c["timestep_spacing"], TIMESTEP_SPACINGS, "timestep_spacing", owner)
-        offset = _check_int(c["steps_offset"], "steps_offset", owner, 0)
+        # diffusers reads steps_offset for "leading" spacing only (a null offset is harmless otherwise).
+        offset = _check_int(c["steps_offset"], "steps_offset", owner, 0) if spacing == "leading" else 0
         steps = _check_int(num_inference_steps, "num_inference_steps", owner, 1)
 
         ascending = spaced_timesteps(spacing, n, steps, offset)[::-1]
         if ascending.max() >= n:
             raise ValueError(f"{owner}: steps_offset={offset} pushes timestep {ascending.max()} past "
                              f"num_train_timesteps={n}")
-        # The second-to-last ascending timestep (the first one after t_0 in sampling order) appears twice.
-        timesteps = np.concatenate([ascending[:-1], ascending[-2:-1], ascending[-1:]])[::-1]
         stride = n // steps
-        current = timesteps.copy()
-        previous = timesteps - stride
-        if len(timesteps) > 1:  # step 1 re-does t_0 -> t_1 with the averaged prediction
-            current[1], previous[1] = timesteps[1] + stride, timesteps[1]
-        modes = np.minimum(np.arange(len(timesteps)), _AB4).astype(np.int32)
+        if skip_prk:
+            timesteps, current, previous, modes = _plms_plan(ascending, stride)
+        else:
+            if steps < _PNDM_ORDER:
+                raise ValueError(f"{owner}: num_inference_steps={steps} is too few for the Runge-Kutta warm-up "
+                                 f"(at least {_PNDM_ORDER}; or set skip_prk_steps=true in the scheduler config)")
+            timesteps, current, previous, modes = _prk_plan(ascending, stride)
 
         abar = schedule.host_alphas_cumprod().astype(np.float64)
         final = 1.0 if _check_bool(c["set_alpha_to_one"], "set_alpha_to_one", owner) else abar[0]
@@ -92,22 +110,22 @@ class PNDMSampler(Sampler):
         denominator = a_t * np.sqrt(1 - a_prev) + np.sqrt(a_t * (1 - a_t) * a_prev)
         return cls(
             name="pndm", timesteps=timesteps.astype(np.int32), prediction_type=schedule.prediction_type,
-            modes=modes, coef_sample=as_table(np.sqrt(a_prev / a_t)), coef_eps=as_table(a_prev - a_t),
-            denominator=as_table(denominator), sqrt_alpha=as_table(np.sqrt(a_t)),
-            sqrt_one_minus_alpha=as_table(np.sqrt(1 - a_t)))
+            modes=modes.astype(np.int32), coef_sample=as_table(np.sqrt(a_prev / a_t)),
+            coef_eps=as_table(a_prev - a_t), denominator=as_table(denominator), sqrt_alpha=as_table(np.sqrt(a_t)),
+            sqrt_one_minus_alpha=as_table(np.sqrt(1 - a_t)), skip_prk_steps=skip_prk)
 
     def init_state(self, sample):
         dtype = compute_dtype(sample)
         shape = jnp.shape(sample)
-        return jnp.zeros((4,) + shape, dtype), jnp.zeros(shape, dtype)
+        return jnp.zeros((4,) + shape, dtype), jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
 
     def step(self, state, model_output, step_index, sample, key=None):
-        """One PLMS step (``key`` unused): ``(prev_sample, (history, kept_sample))``."""
+        """One PNDM step (``key`` unused): ``(prev_sample, (history, kept_sample, rk_sum))``."""
         del key
         out_dtype = jnp.result_type(sample)
         dtype = compute_dtype(sample)
         sample, model_output = sample.astype(dtype), model_output.astype(dtype)
-        history, kept = state
+        history, kept, rk_sum = state
 
         def push(e):
             return jnp.concatenate([history[1:], e[None]], axis=0)
@@ -115,28 +133,74 @@ class PNDMSampler(Sampler):
         # Each branch: (combined prediction, sample the transfer starts from, new state). Arithmetic in the
         # reference's order: these are float32 ops on the noise predictions.
         def first(_):
-            return model_output, sample, (push(model_output), sample)
+            return model_output, sample, (push(model_output), sample, rk_sum)
 
         def heun(_):
-            return (model_output + history[3]) / 2, kept, (history, kept)
+            return (model_output + history[3]) / 2, kept, (history, kept, rk_sum)
 
         def ab2(_):
             h = push(model_output)
-            return (3 * h[3] - h[2]) / 2, sample, (h, kept)
+            return (3 * h[3] - h[2]) / 2, sample, (h, kept, rk_sum)
 
         def ab3(_):
             h = push(model_output)
-            return (23 * h[3] - 16 * h[2] + 5 * h[1]) / 12, sample, (h, kept)
+            return (23 * h[3] - 16 * h[2] + 5 * h[1]) / 12, sample, (h, kept, rk_sum)
 
         def ab4(_):
             h = push(model_output)
-            return (1 / 24) * (55 * h[3] - 59 * h[2] + 37 * h[1] - 9 * h[0]), sample, (h, kept)
+            return (1 / 24) * (55 * h[3] - 59 * h[2] + 37 * h[1] - 9 * h[0]), sample, (h, kept, rk_sum)
+
+        # Runge-Kutta stages: every transfer starts from the sample kept at the first stage; the weighted sum of
+        # the four predictions accumulates in rk_sum, and only the first enters the history.
+        def rk1(_):
+            return model_output, sample, (push(model_output), sample, (1 / 6) * model_output)
+
+        def rk_middle(_):
+            return model_output, kept, (history, kept, rk_sum + (1 / 3) * model_output)
+
+        def rk4(_):
+            return rk_sum + (1 / 6) * model_output, kept, (history, kept, jnp.zeros_like(rk_sum))
 
         eps, start, new_state = jax.lax.switch(jnp.asarray(self.modes)[step_index],
-                                               [first, heun, ab2, ab3, ab4], None)
+                                               [first, heun, ab2, ab3, ab4, rk1, rk_middle, rk_middle, rk4], None)
         if self.prediction_type == "v_prediction":
             eps = (lookup(self.sqrt_alpha, step_index) * eps
                    + lookup(self.sqrt_one_minus_alpha, step_index) * start)
         prev = (lookup(self.coef_sample, step_index) * start
                 - lookup(self.coef_eps, step_index) * eps / lookup(self.denominator, step_index))
         return prev.astype(out_dtype), new_state
+
+
+def _plms_plan(ascending: np.ndarray, stride: int):
+    """PLMS without warm-up: (timesteps, transfer start, transfer end, modes), int ``[S + 1]`` each."""
+    # The second-to-last ascending timestep (the first one after t_0 in sampling order) appears twice.
+    timesteps = np.concatenate([ascending[:-1], ascending[-2:-1], ascending[-1:]])[::-1]
+    current = timesteps.copy()
+    previous = timesteps - stride
+    if len(timesteps) > 1:  # step 1 re-does t_0 -> t_1 with the averaged prediction
+        current[1], previous[1] = timesteps[1] + stride, timesteps[1]
+    modes = np.minimum(np.arange(len(timesteps)), _AB4)
+    return timesteps, current, previous, modes
+
+
+def _prk_plan(ascending: np.ndarray, stride: int):
+    """Runge-Kutta warm-up then PLMS: (timesteps, transfer start, transfer end, modes), int ``[12 + S - 3]`` each.
+
+    diffusers' ``prk_timesteps``: each of the top four timesteps with its half-step point above it, the list
+    without its highest point, every entry doubled, the ends trimmed, descending: ``t, t - h/2, t - h/2, t - h``
+    for each of three steps. Stage ``k`` is evaluated at ``prk[k]`` and moves the sample kept at the step's first
+    stage, from ``prk[4 (k // 4)]`` to ``prk[k]`` minus half a step on even stages. The PLMS part then walks
+    every timestep but the three lowest ascending ones, from ``t`` to ``t - h`` with a full history."""
+    half = stride // 2
+    top = ascending[-_PNDM_ORDER:]
+    prk = np.repeat(top, 2) + np.tile(np.array([0, half]), _PNDM_ORDER)
+    prk = np.repeat(prk[:-1], 2)[1:-1][::-1]
+    plms = ascending[:-3][::-1]
+    stage = np.arange(len(prk))
+    prk_current = prk[stage // 4 * 4]
+    prk_previous = prk - np.where(stage % 2 == 1, 0, half)
+    timesteps = np.concatenate([prk, plms])
+    current = np.concatenate([prk_current, plms])
+    previous = np.concatenate([prk_previous, plms - stride])
+    modes = np.concatenate([_RK1 + stage % 4, np.full(len(plms), _AB4)])
+    return timesteps, current, previous, modes

@@ -12,19 +12,42 @@ from audioldm2_jax.diffusion.dpm_solver import DPMSolverMultistepSampler
 from audioldm2_jax.diffusion.pndm import PNDMSampler
 
 SAMPLER_NAMES = ("ddim", "dpmsolver++", "pndm")
+# The diffusers scheduler class each sampler reproduces.
+SCHEDULER_CLASSES = {"ddim": "DDIMScheduler", "dpmsolver++": "DPMSolverMultistepScheduler", "pndm": "PNDMScheduler"}
+
+
+def default_sampler_name(scheduler_class: str | None) -> str:
+    """The sampler that runs a checkpoint's own scheduler class (what diffusers' pipeline runs when the user does
+    not swap schedulers): ``"DPMSolverMultistepScheduler"`` -> ``"dpmsolver++"``; None (a config that names no
+    class) -> ``"ddim"``, the published checkpoints' scheduler. A class this port does not implement is a
+    ValueError that names it and the samplers that can run instead."""
+    if scheduler_class is None:
+        return "ddim"
+    for name, cls in SCHEDULER_CLASSES.items():
+        if cls == scheduler_class:
+            return name
+    raise ValueError(f"the checkpoint's scheduler is {scheduler_class}, which this port does not implement; pass "
+                     f"scheduler= one of {', '.join(SAMPLER_NAMES)} (each reads the same scheduler config with "
+                     "diffusers' from_config rules)")
 
 
 def make_sampler(name: str, schedule_config: Mapping[str, Any], num_inference_steps: int,
                  eta: float = 0.0) -> Sampler:
-    """The sampler ``name`` for a diffusers scheduler config dict (e.g. the checkpoint's ``scheduler_config.json``)
-    and a step count.
+    """The sampler ``name`` for a diffusers scheduler config dict and a step count: what diffusers runs after
+    ``pipe.scheduler = XScheduler.from_config(pipe.scheduler.config)`` and ``set_timesteps(num_inference_steps)``.
 
     - "ddim": ``DDIMScheduler.from_config(cfg)``, stepping with ``eta`` (> 0 adds noise drawn from the step key);
     - "dpmsolver++": ``DPMSolverMultistepScheduler.from_config(cfg)`` (2nd-order multistep by default);
-    - "pndm": ``PNDMScheduler.from_config(cfg, skip_prk_steps=True)`` (PLMS; ``num_inference_steps + 1`` model
-      evaluations).
+    - "pndm": ``PNDMScheduler.from_config(cfg)``: a Runge-Kutta warm-up then PLMS (``num_inference_steps + 9``
+      model evaluations, at least 4 steps) unless the config sets ``skip_prk_steps`` (PLMS alone,
+      ``num_inference_steps + 1`` evaluations).
 
-    Config keys a scheduler does not know are ignored, as in diffusers, and each one falls back to its own defaults.
+    ``schedule_config`` may be a saved ``scheduler_config.json`` (as loaded with ``json.load``) or a diffusers
+    scheduler's in-memory ``config``; diffusers' rules for reading it into another class apply
+    (:func:`~audioldm2_jax.diffusion.schedule.read_scheduler_config`): each sampler takes the keys of its own
+    class that the config names, except those listed in ``_use_default_values``, and its own class's defaults
+    for the rest; keys of other classes are ignored. Whichever class wrote the config, the result is the same as
+    switching a diffusers pipeline loaded from it.
     """
     if name == "ddim":
         return DDIMSampler.from_config(schedule_config, num_inference_steps, eta=eta)

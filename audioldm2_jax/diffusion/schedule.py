@@ -15,7 +15,9 @@ Everything that depends on these tables inside a jitted function (``add_noise``,
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any, Mapping
 
 import flax.struct
@@ -26,20 +28,14 @@ BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
-# diffusers options that change the numerics in ways not implemented here. A config may name them, but only with
-# these (their defaults') values; anything else raises instead of silently sampling something different.
-UNSUPPORTED_OPTIONS: dict[str, Any] = {
-    "thresholding": False,
-    "rescale_betas_zero_snr": False,
-    "use_karras_sigmas": False,
-    "use_exponential_sigmas": False,
-    "use_beta_sigmas": False,
-    "use_lu_lambdas": False,
-    "use_flow_sigmas": False,
-    "use_dynamic_shifting": False,
-    "variance_type": None,
-    "timestep_type": "discrete",
-}
+# Options of diffusers' schedulers that change the numerics in ways not implemented here, with the values that
+# leave the numerics alone. A class only checks the options of its own constructor (DDIMScheduler.from_config
+# ignores use_karras_sigmas, as diffusers does); anything else raises instead of silently sampling something
+# different. Flags are tested by truth value, as diffusers does (`if config.thresholding:`), so null means off.
+UNSUPPORTED_FLAGS = ("thresholding", "rescale_betas_zero_snr", "use_karras_sigmas", "use_exponential_sigmas",
+                     "use_beta_sigmas", "use_lu_lambdas", "use_flow_sigmas", "use_dynamic_shifting")
+# DPMSolverMultistepScheduler only reads variance_type to drop the variance half of a 2x-channel model output.
+UNSUPPORTED_VARIANCE_TYPES = ("learned", "learned_range")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -47,23 +43,88 @@ UNSUPPORTED_OPTIONS: dict[str, Any] = {
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def read_scheduler_config(d: Mapping[str, Any], defaults: Mapping[str, Any], owner: str) -> dict[str, Any]:
-    """Values of the keys in ``defaults`` taken from the diffusers config ``d`` (defaults where absent).
+def _use_default_values(d: Mapping[str, Any], owner: str) -> frozenset[str]:
+    """The keys ``d`` records as constructor defaults (diffusers' ``_use_default_values``; none if absent)."""
+    listed = d.get("_use_default_values", ())
+    if isinstance(listed, (str, bytes)) or not isinstance(listed, (list, tuple, set, frozenset)) or not all(
+            isinstance(key, str) for key in listed):
+        raise ValueError(f"{owner}: _use_default_values={listed!r} must be a list of config key names")
+    return frozenset(listed)
 
-    Mirrors ``SchedulerClass.from_config(d)``: keys that belong to other schedulers are ignored, and each
-    scheduler falls back to its own defaults. Options in :data:`UNSUPPORTED_OPTIONS` set to anything but their
-    default raise a ValueError naming the key.
+
+def read_scheduler_config(d: Mapping[str, Any], defaults: Mapping[str, Any], owner: str) -> dict[str, Any]:
+    """The constructor arguments ``XScheduler.from_config(d)`` ends up with, for the diffusers scheduler class X
+    whose ``__init__`` defaults are ``defaults`` (every key of its signature): a new dict with exactly those keys.
+
+    diffusers' rules (``ConfigMixin.extract_init_dict``), which make the result independent of the class that
+    wrote ``d``:
+
+    - a key listed in ``d["_use_default_values"]`` (the keys the writing class took from its own constructor
+      defaults; present in an in-memory ``scheduler.config``, dropped by ``save_pretrained``) is treated as
+      absent, so X uses its own default: ``DPMSolverMultistepScheduler.from_config(DDIMScheduler().config)``
+      runs "linspace" spacing, not DDIM's default "leading";
+    - every other key of X's signature takes its value from ``d`` as it is (including null), whichever class
+      wrote it and whatever that class's default was;
+    - keys X does not have (another class's options, private ``_...`` keys, removed options such as
+      ``predict_epsilon``) are ignored; X's keys that ``d`` lacks take X's defaults.
+
+    Loading a saved ``scheduler_config.json`` (``load_config``: plain JSON) and switching classes
+    (``Y.from_config(X.from_pretrained(folder).config)``) therefore gives Y what ``Y.from_config(json)`` gives.
+    Options in :data:`UNSUPPORTED_FLAGS` that X has and that are on raise a ValueError naming the key.
     """
     if not isinstance(d, Mapping):
         raise ValueError(f"{owner}: scheduler config must be a mapping, got {type(d).__name__}")
-    for key, ok_value in UNSUPPORTED_OPTIONS.items():
-        if key in d and d[key] != ok_value and not (ok_value is False and d[key] is None):
-            raise ValueError(f"{owner}: scheduler option {key}={d[key]!r} is not supported (only {ok_value!r})")
-    out = {key: d.get(key, default) for key, default in defaults.items()}
-    for key, value in out.items():
-        if value is None and defaults[key] is not None:
-            out[key] = defaults[key]
+    class_name = d.get("_class_name")
+    if class_name is not None and not isinstance(class_name, (str, list, tuple)):
+        raise ValueError(f"{owner}: _class_name={class_name!r} must be a string")
+    defaulted = _use_default_values(d, owner)
+    out = dict(defaults)
+    out.update({key: d[key] for key in defaults if key in d and key not in defaulted})
+    for key in UNSUPPORTED_FLAGS:
+        if key in out and _check_flag(out[key], key, owner):
+            raise ValueError(f"{owner}: scheduler option {key}={out[key]!r} is not supported (only false)")
+    if out.get("variance_type") in UNSUPPORTED_VARIANCE_TYPES:
+        raise ValueError(f"{owner}: scheduler option variance_type={out['variance_type']!r} (a learned variance "
+                         "channel) is not supported")
     return out
+
+
+def load_scheduler_config(path) -> dict[str, Any]:
+    """A ``scheduler_config.json`` as diffusers' ``load_config`` reads it: the JSON object, every key kept (the
+    samplers apply the cross-class rules of :func:`read_scheduler_config`). Raises ValueError naming the file
+    when it is not a JSON object or its ``_use_default_values`` / ``_class_name`` are malformed."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a valid JSON file ({err})") from err
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: a scheduler config must be a JSON object, got {type(d).__name__}")
+    read_scheduler_config(d, {}, str(path))  # checks the metadata keys
+    return d
+
+
+def scheduler_config_key(d: Mapping[str, Any]) -> str:
+    """A canonical text of a scheduler config (sorted JSON, arrays as lists): equal configs give equal keys and
+    different ones different keys, so caches of compiled samplers can be keyed by it."""
+
+    def plain(value):
+        if isinstance(value, (np.ndarray, np.generic)):
+            return value.tolist()
+        if isinstance(value, (set, frozenset)):
+            return sorted(value, key=repr)
+        return repr(value)
+
+    return json.dumps(dict(d), sort_keys=True, default=plain)
+
+
+def _check_flag(value: Any, key: str, owner: str) -> bool:
+    """A boolean option as diffusers tests it (``if config.key:``): true / false, and null as false."""
+    if value is None:
+        return False
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{owner}: {key}={value!r} must be true or false")
+    return bool(value)
 
 
 def _check_choice(value: Any, choices: tuple[str, ...], key: str, owner: str) -> str:
@@ -79,9 +140,7 @@ def _check_int(value: Any, key: str, owner: str, minimum: int) -> int:
 
 
 def _check_bool(value: Any, key: str, owner: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{owner}: {key}={value!r} must be true or false")
-    return bool(value)
+    return _check_flag(value, key, owner)
 
 
 def _check_float(value: Any, key: str, owner: str) -> float:
@@ -176,6 +235,8 @@ SCHEDULE_DEFAULTS = {
     "trained_betas": None,
     "prediction_type": "epsilon",
 }
+# What NoiseSchedule.from_diffusers reads: the table keys, and the one option that would change the table.
+_NOISE_SCHEDULE_KEYS = {**SCHEDULE_DEFAULTS, "rescale_betas_zero_snr": False}
 
 
 @flax.struct.dataclass
@@ -202,9 +263,11 @@ class NoiseSchedule:
 
     @classmethod
     def from_diffusers(cls, d: Mapping[str, Any]) -> "NoiseSchedule":
-        """From a diffusers scheduler config dict (``scheduler_config.json``); defaults are diffusers'."""
+        """From a diffusers scheduler config dict (``scheduler_config.json``, or a scheduler's ``config``) with
+        diffusers' reading rules (see :func:`read_scheduler_config`); the defaults, the same in every diffusers
+        scheduler class used here, are diffusers'."""
         owner = "NoiseSchedule"
-        c = read_scheduler_config(d, SCHEDULE_DEFAULTS, owner)
+        c = read_scheduler_config(d, _NOISE_SCHEDULE_KEYS, owner)
         n = _check_int(c["num_train_timesteps"], "num_train_timesteps", owner, 1)
         prediction_type = _check_choice(c["prediction_type"], PREDICTION_TYPES, "prediction_type", owner)
         if c["trained_betas"] is not None:

@@ -1,15 +1,20 @@
-"""CLAP (laion/clap-htsat-unfused layout, transformers' ``ClapModel``): the RoBERTa text branch that conditions
-AudioLDM 2, and the HTSAT (Swin transformer) audio branch used to rank generated waveforms against their prompt.
+"""CLAP (transformers' ``ClapModel``): the RoBERTa text branch that conditions AudioLDM 2, and the HTSAT (Swin
+transformer) audio branch used to rank generated waveforms against their prompt.
 
 Text:  input_ids [B, L] -> RoBERTa encoder -> pooler (dense + tanh on token 0) -> projection (Linear, ReLU,
        Linear) -> L2 normalise -> [B, P]
-Audio: log-mel [B, T, F] (``audio.clap_features``) -> BatchNorm over mel bins -> time stretched to the Swin input
-       and folded into a square image -> patch embedding -> Swin stages (window attention with relative position
-       bias, shifted windows, patch merging) -> LayerNorm -> mean over all tokens -> projection -> L2 normalise
+Audio: log-mel views [B, V, T, F] (``audio.clap_features``) -> BatchNorm over mel bins -> time stretched to the Swin
+       input and folded into a square image, one channel per view -> patch embedding -> Swin stages (window
+       attention with relative position bias, shifted windows, patch merging) -> LayerNorm -> mean over all tokens
+       -> projection -> L2 normalise
+
+Both audio variants exist: unfused (laion/clap-htsat-unfused, AudioLDM 2's: the views are the patch convolution's
+input channels, 1 for a ``rand_trunc`` extractor) and fused (``enable_fusion``, laion/clap-htsat-fused: view 0 is
+the whole clip, views 1-3 local crops merged into the patches of clips flagged ``is_longer`` by an attentional
+feature fusion block).
 
 Submodule names follow the PyTorch state dict (``text_model/encoder/layer_3/attention/self/query``), so the
-checkpoint conversion in ``convert/clap.py`` is a mechanical renaming. Only the unfused audio model exists here:
-AudioLDM 2 ships ``clap-htsat-unfused``, whose feature extractor produces one mel channel per clip.
+checkpoint conversion in ``convert/clap.py`` is a mechanical renaming.
 """
 
 from __future__ import annotations
@@ -29,13 +34,31 @@ from audioldm2_jax.parallel.partitioning import constrain, with_axes
 
 Dtype = Any
 
+_tanh_gelu = functools.partial(nn.gelu, approximate=True)  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+
+# transformers' ACT2FN names (the parameter-free ones; a learned PReLU / xIELU has weights this model never maps).
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": functools.partial(nn.gelu, approximate=False),  # transformers' "gelu" is the exact erf form
-    "gelu_new": functools.partial(nn.gelu, approximate=True),
-    "gelu_pytorch_tanh": functools.partial(nn.gelu, approximate=True),
+    "gelu_python": functools.partial(nn.gelu, approximate=False),
+    "gelu_new": _tanh_gelu,
+    "gelu_pytorch_tanh": _tanh_gelu,
+    "gelu_python_tanh": _tanh_gelu,
+    "gelu_accurate": _tanh_gelu,
+    "gelu_fast": _tanh_gelu,  # the same formula, its constant written out
+    "gelu_10": lambda x: jnp.clip(nn.gelu(x, approximate=False), -10, 10),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "laplace": lambda x: 0.5 * (1.0 + jax.lax.erf((x - 0.707107) / (0.282095 * math.sqrt(2.0)))),
+    "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
+    "hardswish": jax.nn.hard_swish,
+    "leaky_relu": functools.partial(jax.nn.leaky_relu, negative_slope=0.01),
+    "linear": lambda x: x,
     "relu": nn.relu,
+    "relu2": lambda x: jnp.square(nn.relu(x)),
+    "relu6": jax.nn.relu6,
+    "sigmoid": jax.nn.sigmoid,
     "silu": nn.silu,
     "swish": nn.silu,
+    "sqrtsoftplus": lambda x: jnp.sqrt(jax.nn.softplus(x)),
     "tanh": jnp.tanh,
 }
 
@@ -119,7 +142,13 @@ class ClapTextConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ClapAudioConfig:
-    """HTSAT audio tower (unfused); defaults are transformers' ``ClapAudioConfig`` defaults."""
+    """HTSAT audio tower; defaults are transformers' ``ClapAudioConfig`` defaults.
+
+    Construction refuses only what transformers refuses when it builds the model (a stage width that its head count
+    does not divide, ...). Configs it builds but whose audio tower it cannot run (a Swin window larger than a stage's
+    token grid, a grid the patch merging cannot halve, ...) load here too, so that the text tower works; running the
+    audio tower on them raises with the reasons (:meth:`audio_problems`).
+    """
 
     num_mel_bins: int = 64
     spec_size: int = 256
@@ -137,40 +166,54 @@ class ClapAudioConfig:
     hidden_size: int = 768
     projection_dim: int = 512
     projection_hidden_act: str = "relu"
+    # Feature fusion (laion/clap-htsat-fused): the patch embedding also sees 3 local mel crops of clips flagged
+    # ``is_longer`` (an extra strided convolution and an attentional feature fusion block).
+    enable_fusion: bool = False
+    fusion_type: str | None = None
+    aff_block_r: int = 4
+    # Input channels of the patch convolution: the mel views stacked as image channels (4 for a ``fusion`` feature
+    # extractor paired with an unfused model, as in diffusers' tests).
+    patch_embed_input_channels: int = 1
+    flatten_patch_embeds: bool = True
 
     def __post_init__(self):
         p = "audio_config."
-        if len(self.depths) != len(self.num_attention_heads):
-            raise ValueError(f"{p}depths {self.depths} and {p}num_attention_heads {self.num_attention_heads} "
-                             "must have the same length")
-        if self.spec_size % self.num_mel_bins or self.spec_size < self.num_mel_bins:
-            raise ValueError(f"{p}spec_size={self.spec_size} must be a multiple of {p}num_mel_bins="
-                             f"{self.num_mel_bins} (the spectrogram is folded into a square image)")
-        # The patch convolution pads (size - stride) / 2 on each side so that the token grid is spec_size / stride.
-        if any(k < t or (k - t) % 2 for k, t in zip(self.patch_size, self.patch_stride)):
-            raise ValueError(f"{p}patch_size {self.patch_size} - patch_stride {self.patch_stride} must be even and "
-                             "not negative")
-        grid = self.grid_size
-        down = 2 ** (len(self.depths) - 1)
-        if grid[0] % down or grid[1] % down:
-            raise ValueError(f"{p}spec_size={self.spec_size} / patch_stride {self.patch_stride} = grid {grid} "
-                             f"must be divisible by 2**(len(depths)-1) = {down}")
-        for i, (h, w) in enumerate(self.stage_resolutions):
-            if min(h, w) < self.window_size:
-                # The reference shrinks the window there but keeps a bias table for the full window: it cannot run.
-                raise ValueError(f"{p}window_size={self.window_size} exceeds stage {i}'s token grid {h}x{w}")
-        for i, (heads, dim) in enumerate(zip(self.num_attention_heads, self.stage_dims)):
-            if dim % heads:
+        for name in ("num_mel_bins", "spec_size", "window_size", "patch_embeds_hidden_size", "hidden_size",
+                     "projection_dim", "patch_embed_input_channels"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{p}{name}={getattr(self, name)} must be positive")
+        if any(v <= 0 for v in self.patch_size + self.patch_stride):
+            raise ValueError(f"{p}patch_size {self.patch_size} / patch_stride {self.patch_stride} must be positive")
+        if not self.depths or any(d < 0 for d in self.depths):
+            raise ValueError(f"{p}depths={self.depths}: expected a non-empty list of ints >= 0")
+        if len(self.num_attention_heads) < len(self.depths) or any(h <= 0 for h in self.num_attention_heads):
+            raise ValueError(f"{p}num_attention_heads {self.num_attention_heads} needs a positive head count for "
+                             f"each of the {len(self.depths)} stages of {p}depths {self.depths}")
+        for i, (depth, dim) in enumerate(zip(self.depths, self.stage_dims)):
+            heads = self.num_attention_heads[i]
+            if depth and dim % heads:  # transformers raises this when it builds the attention layers
                 raise ValueError(f"{p}num_attention_heads[{i}]={heads} does not divide stage width {dim}")
-        if self.hidden_size != self.stage_dims[-1]:
-            raise ValueError(f"{p}hidden_size={self.hidden_size} must equal the last stage width "
-                             f"patch_embeds_hidden_size * 2**(len(depths)-1) = {self.stage_dims[-1]}")
+        if self.enable_fusion and self.aff_block_r <= 0:
+            raise ValueError(f"{p}aff_block_r={self.aff_block_r} must be positive (the fusion block's channel "
+                             "reduction)")
         _activation(self.hidden_act, f"{p}hidden_act")
         _activation(self.projection_hidden_act, f"{p}projection_hidden_act")
 
     @property
     def freq_ratio(self) -> int:
+        """Time chunks stacked along frequency to make the square image: ``spec_size // num_mel_bins``."""
         return self.spec_size // self.num_mel_bins
+
+    @property
+    def spec_width(self) -> int:
+        """Frames the mel is stretched to: ``spec_size * freq_ratio``."""
+        return self.spec_size * self.freq_ratio
+
+    @property
+    def spec_height(self) -> int:
+        """Mel bins after the (rare) frequency stretch: ``spec_size // freq_ratio`` (= num_mel_bins when
+        spec_size is a multiple of it)."""
+        return self.spec_size // self.freq_ratio if self.freq_ratio else 0
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -178,6 +221,7 @@ class ClapAudioConfig:
 
     @property
     def stage_resolutions(self) -> list[tuple[int, int]]:
+        """Token grid each stage's blocks see (the reference's ``grid // 2**i``)."""
         g = self.grid_size
         return [(g[0] // 2 ** i, g[1] // 2 ** i) for i in range(len(self.depths))]
 
@@ -185,29 +229,85 @@ class ClapAudioConfig:
     def stage_dims(self) -> list[int]:
         return [self.patch_embeds_hidden_size * 2 ** i for i in range(len(self.depths))]
 
+    @property
+    def patch_padding(self) -> tuple[int, int]:
+        """The patch convolutions' padding, ``(size - stride) // 2`` per axis (as the reference computes it)."""
+        return tuple((k - s) // 2 for k, s in zip(self.patch_size, self.patch_stride))
+
+    @property
+    def proj_in_channels(self) -> int:
+        """Input channels of ``patch_embed.proj`` (4x for the fused ``channel_map`` variant)."""
+        scale = 4 if self.enable_fusion and self.fusion_type == "channel_map" else 1
+        return self.patch_embed_input_channels * scale
+
+    def audio_problems(self) -> list[str]:
+        """Why transformers' audio tower cannot run on any input with this config ([] when it can); each reason is
+        where the reference fails."""
+        out = []
+        s, r = self.spec_size, self.freq_ratio
+        if r == 0:
+            return [f"spec_size={s} < num_mel_bins={self.num_mel_bins}: the mel cannot be folded into the square "
+                    "image (the reference divides by spec_size // num_mel_bins = 0)"]
+        if self.spec_height * r != s:
+            out.append(f"spec_size={s} is not a multiple of freq_ratio={r} (= spec_size // num_mel_bins): the folded "
+                       f"image is {self.spec_height * r} rows, not {s}")
+        pad = self.patch_padding
+        if min(pad) < 0:
+            out.append(f"patch_size {self.patch_size} < patch_stride {self.patch_stride}: negative convolution "
+                       "padding")
+        else:
+            conv = tuple((s + 2 * q - k) // t + 1 for q, k, t in zip(pad, self.patch_size, self.patch_stride))
+            if conv != self.grid_size:
+                out.append(f"patch_size {self.patch_size} / patch_stride {self.patch_stride} give a {conv[0]}x"
+                           f"{conv[1]} patch grid, not the {self.grid_size[0]}x{self.grid_size[1]} the stages "
+                           "expect (size - stride must be even)")
+        if not self.flatten_patch_embeds:
+            out.append("flatten_patch_embeds=false: the reference's encoder needs flattened patch tokens")
+        if self.enable_fusion and self.proj_in_channels != 1:
+            out.append(f"enable_fusion with fusion_type={self.fusion_type!r} and patch_embed_input_channels="
+                       f"{self.patch_embed_input_channels}: the patch convolution takes {self.proj_in_channels} "
+                       "channels but fusion feeds it the single global mel")
+        if self.enable_fusion and s + 2 * max(pad[1], 0) < 3 * self.patch_size[1]:
+            out.append(f"spec_size={s} is narrower than the fusion convolution's kernel 3 x {self.patch_size[1]}")
+        grid = self.grid_size
+        for i, (want, depth) in enumerate(zip(self.stage_resolutions, self.depths)):
+            if grid != want:
+                out.append(f"stage {i} receives a {grid[0]}x{grid[1]} token grid from patch merging but expects "
+                           f"{want[0]}x{want[1]} (the patch grid {self.grid_size} must be divisible by "
+                           f"2**(len(depths)-1) = {2 ** (len(self.depths) - 1)})")
+                break
+            if depth and min(want) < self.window_size:
+                out.append(f"window_size={self.window_size} exceeds stage {i}'s {want[0]}x{want[1]} token grid: the "
+                           "reference shrinks that stage's windows to the grid but keeps the relative position bias "
+                           f"of a {self.window_size}x{self.window_size} window, whose shapes do not match")
+            grid = ((grid[0] + 1) // 2, (grid[1] + 1) // 2)
+        final = self.stage_resolutions[-1][0]
+        if final // r == 0 or final % (final // r):
+            out.append(f"the final {final}-row token grid cannot be split into freq_ratio={r} frequency groups (the "
+                       "reference's pooling reshape)")
+        return out
+
     @classmethod
     def from_transformers(cls, d: Mapping, projection_dim: int | None = None,
                           projection_hidden_act: str | None = None) -> "ClapAudioConfig":
         p = "audio_config."
-        if d.get("enable_fusion", False):
-            raise ValueError(f"{p}enable_fusion=true: fused CLAP (feature fusion of 4 mel crops) is not supported; "
-                             "AudioLDM 2 uses clap-htsat-unfused")
-        if d.get("patch_embed_input_channels", 1) != 1:
-            raise ValueError(f"{p}patch_embed_input_channels={d['patch_embed_input_channels']!r}: expected 1")
-        if not d.get("flatten_patch_embeds", True):
-            raise ValueError(f"{p}flatten_patch_embeds=false is not supported")
         f = cls.__dataclass_fields__
         kw = {name: _get(d, name, f[name].default, type(f[name].default), p) for name in (
             "num_mel_bins", "spec_size", "window_size", "patch_embeds_hidden_size", "mlp_ratio", "qkv_bias",
             "hidden_act", "layer_norm_eps", "enable_patch_layer_norm", "hidden_size", "projection_dim",
-            "projection_hidden_act")}
+            "projection_hidden_act", "enable_fusion", "aff_block_r", "patch_embed_input_channels",
+            "flatten_patch_embeds")}
+        fusion_type = d.get("fusion_type")
+        if fusion_type is not None and not isinstance(fusion_type, str):
+            raise ValueError(f"{p}fusion_type={fusion_type!r}: expected a string or null")
+        kw["fusion_type"] = fusion_type
         kw["patch_size"] = _pair(d.get("patch_size", 4), f"{p}patch_size")
         kw["patch_stride"] = _pair(d.get("patch_stride", (4, 4)), f"{p}patch_stride")
         for name in ("depths", "num_attention_heads"):
             value = d.get(name, f[name].default)
             if not isinstance(value, (list, tuple)) or not value or not all(
-                    isinstance(v, int) and v > 0 for v in value):
-                raise ValueError(f"{p}{name}={value!r}: expected a non-empty list of positive ints")
+                    isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+                raise ValueError(f"{p}{name}={value!r}: expected a non-empty list of ints")
             kw[name] = tuple(int(v) for v in value)
         if projection_dim is not None:
             kw["projection_dim"] = projection_dim
@@ -485,22 +585,44 @@ class FrozenBatchNorm(nn.Module):
 
 
 def mel_to_image(x: jax.Array, config: ClapAudioConfig) -> jax.Array:
-    """Normalised log-mel ``[B, T, F]`` -> square Swin input ``[B, S, S, 1]`` (S = spec_size).
+    """Normalised log-mel views ``[B, V, T, F]`` -> square Swin input ``[B, S, S, V]`` (S = spec_size; each view one
+    image channel).
 
-    Time is stretched to ``S * r`` frames (r = S / F) and cut into r consecutive chunks that are stacked along the
-    frequency axis: row ``k * F + f`` of the image is mel bin f of time chunk k.
+    Time is stretched (bicubic) to ``S * r`` frames (r = ``freq_ratio``), frequency to ``S / r`` bins when S is not
+    a multiple of F; the frames are then cut into r consecutive chunks stacked along frequency: row ``k * F + f``
+    of a channel is mel bin f of time chunk k. Shapes are checked by :func:`audio_input_problems`.
     """
-    b, t, f = x.shape
-    r = config.freq_ratio
-    width = config.spec_size * r
-    if t > width or f != config.num_mel_bins:
-        raise ValueError(f"log-mel of {t} frames x {f} bins does not fit the model input (at most {width} frames x "
-                         f"{config.num_mel_bins} bins)")
+    b, v, t, f = x.shape
+    r, width, height = config.freq_ratio, config.spec_width, config.spec_height
     if t < width:
-        x = resize_bicubic_axis(x, 1, width)
-        t = width
-    x = x.reshape(b, r, t // r, f).transpose(0, 1, 3, 2).reshape(b, r * f, t // r)
-    return x[..., None]
+        x = resize_bicubic_axis(x, 2, width)
+    elif f < height:
+        # The reference's frequency stretch keeps the original frame count: only a full-width mel reaches here.
+        x = resize_bicubic_axis(x, 3, height)
+    t, f = x.shape[2:]
+    x = x.reshape(b, v, r, t // r, f).transpose(0, 1, 2, 4, 3).reshape(b, v, r * f, t // r)
+    return x.transpose(0, 2, 3, 1)
+
+
+def audio_input_problems(config: ClapAudioConfig, shape: tuple[int, ...], is_longer_given: bool) -> list[str]:
+    """Why the reference cannot run the audio tower on features of ``shape`` (``[B, V, T, F]``), beyond the config's
+    own :meth:`ClapAudioConfig.audio_problems`."""
+    _, v, t, f = shape
+    out = []
+    if f != config.num_mel_bins:
+        out.append(f"features have {f} mel bins, the model's batch norm {config.num_mel_bins}")
+    if t > config.spec_width:
+        out.append(f"{t} frames exceed the Swin input's {config.spec_width} (spec_size * freq_ratio)")
+    elif f < config.spec_height and t != config.spec_width:
+        out.append(f"with {f} mel bins stretched to {config.spec_height}, the reference keeps the frame count: "
+                   f"{t} frames give a {t // max(config.freq_ratio, 1)}-column image, not {config.spec_size}")
+    if config.enable_fusion:
+        if not is_longer_given:
+            out.append("enable_fusion=true needs is_longer (one flag per clip, from the feature extractor)")
+    elif v != config.patch_embed_input_channels:
+        out.append(f"features have {v} mel view(s) per clip but patch_embed_input_channels="
+                   f"{config.patch_embed_input_channels} (a 'fusion' feature extractor gives 4, 'rand_trunc' 1)")
+    return out
 
 
 def relative_position_index(window: int) -> np.ndarray:
@@ -675,7 +797,8 @@ class ClapAudioStage(nn.Module):
     def __call__(self, x):
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        resolution = c.stage_resolutions[self.index]
+        # At least 1x1: only init reaches a stage whose grid vanished (running such a config is refused first).
+        resolution = tuple(max(v, 1) for v in c.stage_resolutions[self.index])
         for j in range(c.depths[self.index]):
             shift = 0 if j % 2 == 0 else c.window_size // 2
             x = ClapAudioLayer(c, c.num_attention_heads[self.index], resolution, shift, name=f"blocks_{j}", **kw)(x)
@@ -684,45 +807,126 @@ class ClapAudioStage(nn.Module):
         return x
 
 
+class ClapAudioAFFBlock(nn.Module):
+    """Attentional feature fusion (2D): ``x [B, H, W, C]`` (global patches), ``residual [B, H, W, C]`` (local
+    patches) -> ``2 x w + 2 residual (1 - w)`` with ``w = sigmoid(local_att(x + residual) + global_att(x + residual))``;
+    ``local_att`` is 1x1 conv -> BN -> ReLU -> 1x1 conv -> BN per position, ``global_att`` the same on the spatial
+    mean. Submodule names are the reference's ``nn.Sequential`` indices."""
+
+    channels: int
+    reduction: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, residual):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        inner = int(self.channels // self.reduction)
+
+        def branch(h, prefix, first):
+            h = conv(inner, (1, 1), padding="VALID", name=f"{prefix}_{first}", **kw)(h)
+            h = nn.relu(FrozenBatchNorm(name=f"{prefix}_{first + 1}", **kw)(h))
+            h = conv(self.channels, (1, 1), padding="VALID", name=f"{prefix}_{first + 3}", **kw)(h)
+            return FrozenBatchNorm(name=f"{prefix}_{first + 4}", **kw)(h)
+
+        both = x + residual
+        local = branch(both, "local_att", 0)
+        pooled = jnp.mean(both.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(both.dtype)
+        weight = jax.nn.sigmoid(local + branch(pooled, "global_att", 1))  # index 0 is the (parameter-free) pool
+        return 2 * x * weight + 2 * residual * (1 - weight)
+
+
 class ClapAudioPatchEmbed(nn.Module):
-    """Strided convolution into patches, flattened row-major, LayerNorm: ``[B, S, S, 1] -> [B, (S/p)^2, C0]``."""
+    """Strided convolution into patches, flattened row-major, LayerNorm: image ``[B, S, S, V] -> [B, H*W, C0]``.
+
+    Unfused: all V views are the convolution's input channels. Fused (``enable_fusion``): view 0 (the whole clip)
+    goes through ``proj``; for clips flagged ``is_longer [B]`` the other views (local crops) each go through
+    ``mel_conv2d`` (kernel and stride 3x wider along time), are laid side by side along time, zero-padded to the
+    global patch grid's width and merged with the global patches by the attentional fusion block.
+    """
 
     config: ClapAudioConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, image):
+    def __call__(self, image, is_longer=None):
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        pad = tuple(((k - s) // 2, (k - s) // 2) for k, s in zip(c.patch_size, c.patch_stride))
-        x = conv(c.patch_embeds_hidden_size, c.patch_size, strides=c.patch_stride, padding=pad, name="proj",
-                 **kw)(image)
-        x = x.reshape(x.shape[0], -1, x.shape[-1])
-        if c.enable_patch_layer_norm:
-            x = layer_norm(1e-5, name="norm", **kw)(x)
-        return x
+        pad = tuple((q, q) for q in c.patch_padding)
+        proj = conv(c.patch_embeds_hidden_size, c.patch_size, strides=c.patch_stride, padding=pad, name="proj", **kw)
+        local_kernel = (c.patch_size[0], 3 * c.patch_size[1])
+        local_stride = (c.patch_stride[0], 3 * c.patch_stride[1])
+        norm = layer_norm(1e-5, name="norm", **kw) if c.enable_patch_layer_norm else (lambda h: h)
+        b = image.shape[0]
+        if self.is_initializing():
+            # Creates every parameter with the reference's shapes, whether or not this config can run (see
+            # ClapAudioConfig.audio_problems); the numbers are never used.
+            size = (max(c.spec_size, 4 * local_kernel[0]), max(c.spec_size, 4 * local_kernel[1]))
+            h = proj(jnp.zeros((b,) + size + (c.proj_in_channels,), self.dtype))
+            if c.enable_fusion:
+                conv(c.patch_embeds_hidden_size, local_kernel, strides=local_stride, padding=pad, name="mel_conv2d",
+                     **kw)(jnp.zeros((b,) + size + (c.patch_embed_input_channels,), self.dtype))
+                ClapAudioAFFBlock(c.patch_embeds_hidden_size, c.aff_block_r, name="fusion_model", **kw)(h, h)
+            gh, gw = c.grid_size
+            return norm(jnp.zeros((b, gh * gw, c.patch_embeds_hidden_size), self.dtype))
+        if not c.enable_fusion:
+            x = proj(image)
+        else:
+            x = proj(image[..., :1])
+            views = image.shape[-1] - 1
+            gh, gw = x.shape[1:3]
+            if views:
+                local = image[..., 1:].transpose(0, 3, 1, 2).reshape(b * views, *image.shape[1:3], 1)
+                local = conv(c.patch_embeds_hidden_size, local_kernel, strides=local_stride, padding=pad,
+                             name="mel_conv2d", **kw)(local)  # [B*V, gh, w, C]
+                lw = local.shape[2]
+                local = local.reshape(b, views, gh, lw, -1).transpose(0, 2, 1, 3, 4).reshape(b, gh, views * lw, -1)
+                local = local[:, :, :gw]
+            else:  # one view only: the reference's local patches are then all zero
+                local = jnp.zeros((b, gh, 0, x.shape[-1]), x.dtype)
+            local = jnp.pad(local, ((0, 0), (0, 0), (0, gw - local.shape[2]), (0, 0)))
+            fused = ClapAudioAFFBlock(c.patch_embeds_hidden_size, c.aff_block_r, name="fusion_model", **kw)(x, local)
+            x = jnp.where(is_longer.reshape(b, 1, 1, 1), fused, x)
+        x = x.reshape(b, -1, x.shape[-1])
+        return norm(x)
 
 
 class ClapAudioEncoder(nn.Module):
-    """HTSAT trunk: log-mel ``[B, T, F]`` -> ``(last_hidden_state [B, L, C], pooled [B, C])``; pooled is the mean
-    over all final tokens (the reference's frequency-group reshape before its average pool only reorders them)."""
+    """HTSAT trunk: log-mel ``[B, T, F]`` or views ``[B, V, T, F]`` (+ ``is_longer [B]`` for a fused model) ->
+    ``(last_hidden_state [B, L, C], pooled [B, C])``; pooled is the mean over all final tokens (the reference's
+    frequency-group reshape before its average pool only reorders them)."""
 
     config: ClapAudioConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, input_features):
+    def __call__(self, input_features, is_longer=None):
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        if input_features.ndim == 4:  # the feature extractor's [B, 1, T, F]
-            input_features = input_features[:, 0]
-        x = FrozenBatchNorm(name="batch_norm", **kw)(input_features)
-        x = mel_to_image(x, c)
-        x = ClapAudioPatchEmbed(c, name="patch_embed", **kw)(x)
+        x = input_features[:, None] if input_features.ndim == 3 else input_features
+        if x.ndim != 4:
+            raise ValueError(f"expected log-mel features [B, T, F] or [B, V, T, F], got shape {input_features.shape}")
+        b = x.shape[0]
+        batch_norm = FrozenBatchNorm(name="batch_norm", **kw)
+        embed = ClapAudioPatchEmbed(c, name="patch_embed", **kw)
+        if self.is_initializing():  # shapes from the config alone (audio_problems are raised when it runs)
+            batch_norm(jnp.zeros((b, 1, 1, c.num_mel_bins), self.dtype))
+            x = embed(jnp.zeros((b, 1, 1, 1), self.dtype))
+        else:
+            problems = c.audio_problems() + audio_input_problems(c, x.shape, is_longer is not None)
+            if problems:
+                raise ValueError("CLAP audio tower cannot run (nor can transformers'): " + "; ".join(problems))
+            if is_longer is not None:
+                is_longer = jnp.asarray(is_longer).reshape(b).astype(bool)
+            x = mel_to_image(batch_norm(x), c)
+            x = embed(x, is_longer)
         x = constrain(x, ("act_batch", "act_length", "act_embed"))
         for i in range(len(c.depths)):
+            if self.is_initializing():  # each stage on its own grid, even where merging could not produce it
+                h, w = c.stage_resolutions[i]
+                x = jnp.zeros((b, max(h, 1) * max(w, 1), c.stage_dims[i]), self.dtype)
             x = ClapAudioStage(c, i, name=f"layers_{i}", **kw)(x)
         x = layer_norm(1e-5, name="norm", **kw)(x)
         return x, jnp.mean(x.astype(jnp.float32), axis=1).astype(x.dtype)
@@ -734,9 +938,9 @@ class ClapAudioModel(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, input_features):
+    def __call__(self, input_features, is_longer=None):
         return ClapAudioEncoder(self.config, name="audio_encoder", dtype=self.dtype,
-                                param_dtype=self.param_dtype)(input_features)
+                                param_dtype=self.param_dtype)(input_features, is_longer)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -772,14 +976,22 @@ class ClapModel(nn.Module):
         _, pooled = self.text_model(input_ids, attention_mask)
         return l2_normalize(self.text_projection(pooled))
 
-    def get_audio_features(self, input_features: jax.Array) -> jax.Array:
-        """Log-mel ``[B, T, F]`` (or ``[B, 1, T, F]``) -> L2-normalised audio embeddings ``[B, P]``."""
-        _, pooled = self.audio_model(input_features)
+    def get_audio_features(self, input_features: jax.Array, is_longer: jax.Array | None = None) -> jax.Array:
+        """Log-mel ``[B, T, F]`` or mel views ``[B, V, T, F]`` (V = ``patch_embed_input_channels``, or 4 for a fused
+        model, which also needs the extractor's ``is_longer [B]``) -> L2-normalised audio embeddings ``[B, P]``."""
+        c = self.config.audio
+        _, pooled = self.audio_model(input_features, is_longer)
+        if pooled.shape[-1] != c.hidden_size:
+            if not self.is_initializing():
+                raise ValueError(f"audio_config.hidden_size={c.hidden_size} differs from the last stage width "
+                                 f"{pooled.shape[-1]} (patch_embeds_hidden_size * 2**(len(depths)-1)): the audio "
+                                 "projection cannot take the pooled features (nor can transformers')")
+            pooled = jnp.zeros(pooled.shape[:-1] + (c.hidden_size,), pooled.dtype)  # the projection's shape
         return l2_normalize(self.audio_projection(pooled))
 
-    def __call__(self, input_ids, attention_mask, input_features):
+    def __call__(self, input_ids, attention_mask, input_features, is_longer=None):
         text = self.get_text_features(input_ids, attention_mask)
-        audio = self.get_audio_features(input_features)
+        audio = self.get_audio_features(input_features, is_longer)
         return jnp.exp(self.logit_scale_t) * text @ audio.T
 
 

@@ -13,31 +13,28 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from audioldm2_jax.models.layers import dense, dot_product_attention, embed, layer_norm
+from audioldm2_jax.models.layers import dense, dot_product_attention, embed, layer_norm, transformers_activation
 from audioldm2_jax.parallel.partitioning import constrain
 
 Dtype = Any
 KVCache = tuple[dict[str, jax.Array], ...]  # one {"k", "v"} per layer, each [B, T, N, head_dim]
 
-# transformers' ACT2FN names: "gelu_new" is the tanh approximation GPT-2 uses, "gelu" the exact erf form.
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu_new": lambda x: nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
-    "gelu": lambda x: nn.gelu(x, approximate=False),
-    "relu": nn.relu,
-    "silu": nn.silu,
-    "swish": nn.silu,
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class GPT2Config:
+    """GPT-2 hyper-parameters; the defaults are transformers' ``GPT2Config`` defaults (GPT-2 small).
+
+    ``add_cross_attention`` and ``reorder_and_upcast_attn`` do not change what this model computes: cross-attention
+    layers only run on ``encoder_hidden_states``, which AudioLDM 2 never passes (their weights are skipped on
+    loading), and the reordered, upcast attention is the same product in float32 (transformers runs it only in its
+    eager attention; here the logits and softmax are float32 whatever the compute dtype).
+    """
+
     vocab_size: int = 50257
     n_positions: int = 1024
     n_embd: int = 768
@@ -48,16 +45,18 @@ class GPT2Config:
     layer_norm_epsilon: float = 1e-5
     scale_attn_weights: bool = True
     scale_attn_by_inverse_layer_idx: bool = False
+    reorder_and_upcast_attn: bool = False
+    add_cross_attention: bool = False
     max_new_tokens: int = 8  # the pipeline's default generation length, stored in the checkpoint config
 
     def __post_init__(self):
-        if self.activation_function not in ACTIVATIONS:
-            raise ValueError(f"GPT-2 config: activation_function={self.activation_function!r} is not supported; "
-                             f"supported: {sorted(ACTIVATIONS)}")
-        for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+        transformers_activation(self.activation_function, "GPT-2 config: activation_function")
+        for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "max_new_tokens"):
             value = getattr(self, key)
-            if not isinstance(value, int) or value <= 0:
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"GPT-2 config: {key}={value!r} must be a positive integer")
+        if self.n_inner is not None and (not isinstance(self.n_inner, int) or self.n_inner <= 0):
+            raise ValueError(f"GPT-2 config: n_inner={self.n_inner!r} must be a positive integer or null (4 n_embd)")
         if self.n_embd % self.n_head:
             raise ValueError(f"GPT-2 config: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
 
@@ -67,24 +66,27 @@ class GPT2Config:
 
     @property
     def inner_dim(self) -> int:
-        return self.n_inner or 4 * self.n_embd
+        return 4 * self.n_embd if self.n_inner is None else self.n_inner
 
     @classmethod
     def from_transformers(cls, d: dict) -> "GPT2Config":
-        """From a transformers ``GPT2Config`` dict (``config.json`` of ``GPT2Model`` / ``GPT2LMHeadModel``)."""
-        if d.get("add_cross_attention", False):
-            raise ValueError("GPT-2 config: add_cross_attention=true is not supported (AudioLDM 2 does not use it)")
-        # transformers also accepts the generic names as aliases
-        get = lambda key, alias, default: d.get(key, d.get(alias, default))
-        return cls(
-            vocab_size=d.get("vocab_size", 50257), n_positions=get("n_positions", "max_position_embeddings", 1024),
-            n_embd=get("n_embd", "hidden_size", 768), n_layer=get("n_layer", "num_hidden_layers", 12),
-            n_head=get("n_head", "num_attention_heads", 12), n_inner=d.get("n_inner"),
-            activation_function=d.get("activation_function", "gelu_new"),
-            layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-5),
-            scale_attn_weights=d.get("scale_attn_weights", True),
-            scale_attn_by_inverse_layer_idx=d.get("scale_attn_by_inverse_layer_idx", False),
-            max_new_tokens=d.get("max_new_tokens") or 8)
+        """From a transformers ``GPT2Config`` dict (``config.json`` of ``GPT2Model``, ``GPT2LMHeadModel`` or a
+        GPT-2 class with another head). Missing keys take transformers' defaults; the generic names of its
+        ``attribute_map`` (``hidden_size``, ``max_position_embeddings``, ``num_attention_heads``,
+        ``num_hidden_layers``) stand for GPT-2's own."""
+        defaults = cls()
+        aliases = {"n_embd": "hidden_size", "n_positions": "max_position_embeddings", "n_head": "num_attention_heads",
+                   "n_layer": "num_hidden_layers"}
+
+        def get(key):
+            if key in d:
+                return d[key]
+            return d[aliases[key]] if aliases.get(key) in d else getattr(defaults, key)
+
+        kw = {key: get(key) for key in cls.__dataclass_fields__ if key != "max_new_tokens"}
+        if isinstance(kw["layer_norm_epsilon"], int) and not isinstance(kw["layer_norm_epsilon"], bool):
+            kw["layer_norm_epsilon"] = float(kw["layer_norm_epsilon"])
+        return cls(**kw, max_new_tokens=d.get("max_new_tokens") or defaults.max_new_tokens)
 
 
 class GPT2Attention(nn.Module):
@@ -120,6 +122,11 @@ class GPT2Attention(nn.Module):
         if cfg.scale_attn_by_inverse_layer_idx:
             scale /= self.layer_idx + 1
         out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask, scale=scale)
+        # A query with no key to attend to (left padding before the first token) gets a zero attention output, as
+        # in the reference's (torch SDPA) attention; only c_proj's bias reaches the residual stream there.
+        if mask is not None:
+            attends = jnp.any(mask, axis=-1)  # [B, 1, Lq]
+            out = jnp.where(jnp.transpose(attends, (0, 2, 1))[..., None], out, 0.0).astype(out.dtype)
         out = out.reshape(out.shape[:2] + (cfg.n_embd,))
         return dense(cfg.n_embd, ("heads", "embed"), name="c_proj", **kw)(out), cache
 
@@ -133,7 +140,8 @@ class GPT2MLP(nn.Module):
     def __call__(self, x):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = ACTIVATIONS[cfg.activation_function](dense(cfg.inner_dim, ("embed", "mlp"), name="c_fc", **kw)(x))
+        act = transformers_activation(cfg.activation_function)
+        h = act(dense(cfg.inner_dim, ("embed", "mlp"), name="c_fc", **kw)(x))
         h = constrain(h, ("act_batch", "act_length", "act_mlp"))
         return dense(cfg.n_embd, ("mlp", "embed"), name="c_proj", **kw)(h)
 
@@ -162,7 +170,8 @@ class GPT2Model(nn.Module):
 
     ``__call__``: ``inputs_embeds [B, L, D]``, ``attention_mask [B, L]`` (1 = token, 0 = padding) -> ``[B, L, D]``,
     causal, positions ``0..L-1`` whatever the padding (as the reference, which derives positions from the cache
-    length, not from the mask). ``input_ids [B, L]`` may replace ``inputs_embeds``.
+    length, not from the mask). ``input_ids [B, L]`` may replace ``inputs_embeds``; ``token_type_ids [B, L]`` add
+    their rows of the token table, as in the reference.
 
     ``forward_with_cache``: one prefill or decode step of generation (see ``generate_loa``).
     """
@@ -179,7 +188,7 @@ class GPT2Model(nn.Module):
         self.h = [GPT2Block(cfg, i, **kw) for i in range(cfg.n_layer)]
         self.ln_f = layer_norm(cfg.layer_norm_epsilon, **kw)
 
-    def _embed(self, inputs_embeds, input_ids, positions):
+    def _embed(self, inputs_embeds, input_ids, positions, token_type_ids=None):
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("GPT2Model: pass inputs_embeds or input_ids")
@@ -188,12 +197,14 @@ class GPT2Model(nn.Module):
             # The token table is part of the checkpoint even though LOA generation never looks tokens up.
             _ = self.wte.embedding
         x = inputs_embeds.astype(self.dtype) + self.wpe(positions)
+        if token_type_ids is not None:  # GPT-2 has no type table: types are looked up in the token table
+            x = x + self.wte(token_type_ids)
         return constrain(x, ("act_batch", "act_length", "act_embed"))
 
-    def __call__(self, inputs_embeds=None, attention_mask=None, input_ids=None):
+    def __call__(self, inputs_embeds=None, attention_mask=None, input_ids=None, token_type_ids=None):
         length = (inputs_embeds if inputs_embeds is not None else input_ids).shape[1]
         positions = jnp.arange(length)
-        x = self._embed(inputs_embeds, input_ids, positions[None])
+        x = self._embed(inputs_embeds, input_ids, positions[None], token_type_ids)
         mask = (positions[None, :] <= positions[:, None])[None, None]  # causal [1, 1, L, L]
         if attention_mask is not None:
             mask = mask & (attention_mask[:, None, None, :] > 0)

@@ -261,13 +261,15 @@ class Transformer2D(nn.Module):
         b, hgt, wid, ch = x.shape
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         residual = x
+        # The reference's width inside: heads * (ch // heads), less than ch when the head count does not divide it.
+        inner = self.heads * (ch // self.heads)
         h = group_norm(self.norm_groups, 1e-6, name="norm", **kw)(x)
-        h = conv(ch, 1, padding=0, name="proj_in", **kw)(h)
-        h = h.reshape(b, hgt * wid, ch)
+        h = conv(inner, 1, padding=0, name="proj_in", **kw)(h)
+        h = h.reshape(b, hgt * wid, inner)
         for i in range(self.num_layers):
             h = BasicTransformerBlock(self.heads, ch // self.heads, self.cross_attention,
                                       name=f"transformer_blocks_{i}", **kw)(h, context, context_bias)
-        h = h.reshape(b, hgt, wid, ch)
+        h = h.reshape(b, hgt, wid, inner)
         return conv(ch, 1, padding=0, name="proj_out", **kw)(h) + residual
 
 
@@ -373,3 +375,56 @@ class TimestepEmbedding(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = dense(self.features, ("embed", "mlp"), name="linear_1", **kw)(x)
         return dense(self.features, ("mlp", "embed"), name="linear_2", **kw)(nn.silu(x))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Activations by their transformers name
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _gelu_fast(x):
+    # transformers' FastGELUActivation: the tanh form with sqrt(2/pi) written out to 10 digits and x^3 factored.
+    return 0.5 * x * (1.0 + jnp.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+
+
+def _laplace(x, mu=0.707107, sigma=0.282095):
+    # transformers' LaplaceActivation (MEGA): a Gaussian CDF centred at mu.
+    return 0.5 * (1.0 + jax.lax.erf((x - mu) / (sigma * math.sqrt(2.0))))
+
+
+# transformers' ``ACT2FN`` names -> the same function. "gelu" (and "gelu_python") is the exact erf form; "gelu_new",
+# "gelu_pytorch_tanh", "gelu_python_tanh" and "gelu_accurate" are the tanh approximation
+# ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``; "leaky_relu" is torch's default slope 0.01. The two ACT2FN
+# entries that carry learned parameters ("prelu", "xielu") are absent: their weights would be part of the model.
+TRANSFORMERS_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "gelu_python": lambda x: nn.gelu(x, approximate=False),
+    "gelu_10": lambda x: jnp.clip(nn.gelu(x, approximate=False), -10.0, 10.0),
+    "gelu_new": lambda x: nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
+    "gelu_python_tanh": lambda x: nn.gelu(x, approximate=True),
+    "gelu_accurate": lambda x: nn.gelu(x, approximate=True),
+    "gelu_fast": _gelu_fast,
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "relu": nn.relu,
+    "relu2": lambda x: jnp.square(nn.relu(x)),
+    "relu6": jax.nn.relu6,
+    "leaky_relu": lambda x: nn.leaky_relu(x, 0.01),
+    "hardswish": jax.nn.hard_swish,
+    "silu": nn.silu,
+    "swish": nn.silu,
+    "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+    "sqrtsoftplus": lambda x: jnp.sqrt(jax.nn.softplus(x)),
+    "laplace": _laplace,
+    "linear": lambda x: x,
+}
+
+
+def transformers_activation(name: str, what: str = "activation") -> Callable[[jax.Array], jax.Array]:
+    """The activation transformers' ``ACT2FN[name]`` computes; ``what`` names the config key in the error."""
+    if not isinstance(name, str) or name not in TRANSFORMERS_ACTIVATIONS:
+        raise ValueError(f"{what}={name!r} is not a supported activation; supported (transformers' ACT2FN names "
+                         f"without learned parameters): {sorted(TRANSFORMERS_ACTIVATIONS)}")
+    return TRANSFORMERS_ACTIVATIONS[name]

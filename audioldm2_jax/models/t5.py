@@ -13,35 +13,32 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from audioldm2_jax.models.layers import dense, dot_product_attention, embed
+from audioldm2_jax.models.layers import dense, dot_product_attention, embed, transformers_activation
 from audioldm2_jax.parallel.partitioning import constrain, with_axes
 
 Dtype = Any
 
-# Activations by their transformers name (``ACT2FN``). "gelu" is the exact erf form, "gelu_new" the tanh one.
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": nn.relu,
-    "gelu": lambda x: nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
-    "silu": nn.silu,
-    "swish": nn.silu,
-}
-
-# A large finite negative number for masked keys: finite so that a fully padded row gives a uniform softmax rather
-# than NaN, large enough that exp() of it is exactly 0 next to any real score.
-MASK_NEG = -1e9
+# transformers' ``T5Config`` defaults (t5-small): what a config.json that omits a key means.
+TRANSFORMERS_DEFAULTS = dict(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8,
+                             relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                             layer_norm_epsilon=1e-6, feed_forward_proj="relu")
+# transformers' ``T5Config.attribute_map``: generic names a config may use instead of T5's own.
+ALIASES = {"d_model": "hidden_size", "num_heads": "num_attention_heads", "num_layers": "num_hidden_layers",
+           "d_kv": "head_dim"}
 
 
 @dataclasses.dataclass(frozen=True)
 class T5Config:
+    """T5 encoder hyper-parameters. The defaults are FLAN-T5-large's (AudioLDM 2's ``text_encoder_2``);
+    ``from_transformers`` fills keys a config.json omits with transformers' own defaults instead."""
+
     vocab_size: int = 32128
     d_model: int = 1024
     d_kv: int = 64
@@ -55,39 +52,60 @@ class T5Config:
     is_gated_act: bool = True
 
     def __post_init__(self):
-        if self.dense_act_fn not in ACTIVATIONS:
-            raise ValueError(f"T5 config: feed_forward_proj activation {self.dense_act_fn!r} is not supported; "
-                             f"supported: {sorted(ACTIVATIONS)}")
+        transformers_activation(self.dense_act_fn, "T5 config: dense_act_fn")
         for key in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads",
                     "relative_attention_num_buckets", "relative_attention_max_distance"):
             value = getattr(self, key)
-            if not isinstance(value, int) or value <= 0:
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"T5 config: {key}={value!r} must be a positive integer")
+        if self.relative_attention_num_buckets < 4:
+            # Below 4, half a direction's buckets leave no exact ones (num_buckets // 4 == 0): the log-spaced
+            # formula divides by zero.
+            raise ValueError(f"T5 config: relative_attention_num_buckets={self.relative_attention_num_buckets} "
+                             "must be at least 4")
+        if not isinstance(self.is_gated_act, bool):
+            raise ValueError(f"T5 config: is_gated_act={self.is_gated_act!r} must be true or false")
 
     @classmethod
     def from_transformers(cls, d: dict) -> "T5Config":
-        """From a transformers ``T5Config`` dict (``config.json`` of ``T5EncoderModel``)."""
-        proj = d.get("feed_forward_proj", "relu")
+        """From a transformers ``T5Config`` dict (``config.json`` of ``T5EncoderModel``, ``T5Model``,
+        ``T5ForConditionalGeneration``, ...), read as transformers reads it:
+
+        - a missing key takes transformers' default (``TRANSFORMERS_DEFAULTS``), and the generic names of
+          ``attribute_map`` (``hidden_size``, ``num_attention_heads``, ``num_hidden_layers``, ``head_dim``) stand for
+          T5's own;
+        - the feed-forward comes from ``feed_forward_proj`` (``"ACT"`` or ``"gated-ACT"``; the legacy
+          ``"gated-gelu"`` means the tanh GELU ``gelu_new``), unless the config also holds the derived
+          ``dense_act_fn`` / ``is_gated_act``, which then win, each on its own. Every saved config holds both, and
+          they can disagree: a config whose ``feed_forward_proj`` was changed after it was built (transformers' own
+          T5 tests do that) keeps the derived values it was built with, and so does the model saved with it.
+        """
+        def get(key):
+            if key in d:
+                return d[key]
+            alias = ALIASES.get(key)
+            return d[alias] if alias in d else TRANSFORMERS_DEFAULTS[key]
+
+        proj = get("feed_forward_proj")
         parts = proj.split("-") if isinstance(proj, str) else []
         if not parts or len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
             raise ValueError(f"T5 config: feed_forward_proj={proj!r} must be 'ACT' or 'gated-ACT'")
-        gated = len(parts) == 2
-        act = parts[-1]
-        if proj == "gated-gelu":  # transformers maps this legacy name to the tanh approximation
-            act = "gelu_new"
-        if act not in ACTIVATIONS:
-            raise ValueError(f"T5 config: feed_forward_proj={proj!r}: activation {act!r} is not supported; "
-                             f"supported: {sorted(ACTIVATIONS)}")
+        act = "gelu_new" if proj == "gated-gelu" else parts[-1]
+        act = d.get("dense_act_fn", act)
+        gated = d.get("is_gated_act", len(parts) == 2)
+        transformers_activation(act, f"T5 config (feed_forward_proj={proj!r}): dense_act_fn")
         if d.get("is_decoder", False):
-            raise ValueError("T5 config: is_decoder=true; only the (bidirectional) encoder is implemented")
-        defaults = cls()
-        return cls(
-            vocab_size=d.get("vocab_size", defaults.vocab_size), d_model=d.get("d_model", defaults.d_model),
-            d_kv=d.get("d_kv", defaults.d_kv), d_ff=d.get("d_ff", defaults.d_ff),
-            num_layers=d.get("num_layers", defaults.num_layers), num_heads=d.get("num_heads", defaults.num_heads),
-            relative_attention_num_buckets=d.get("relative_attention_num_buckets", 32),
-            relative_attention_max_distance=d.get("relative_attention_max_distance", 128),
-            layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-6), dense_act_fn=act, is_gated_act=gated)
+            # T5EncoderModel keeps the flag: its stack would then be a causal decoder (one-directional position
+            # buckets, cross-attention layers), which is not the text encoder AudioLDM 2 runs.
+            raise ValueError("T5 config: is_decoder=true makes the stack a causal decoder; only the bidirectional "
+                             "encoder is implemented")
+        keys = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "relative_attention_num_buckets",
+                "relative_attention_max_distance")
+        eps = get("layer_norm_epsilon")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+            raise ValueError(f"T5 config: layer_norm_epsilon={eps!r} must be a number")
+        return cls(**{key: get(key) for key in keys}, layer_norm_epsilon=float(eps), dense_act_fn=act,
+                   is_gated_act=gated)
 
 
 def relative_position_buckets(query_length: int, key_length: int, num_buckets: int, max_distance: int) -> np.ndarray:
@@ -129,8 +147,9 @@ class T5LayerNorm(nn.Module):
 class T5Attention(nn.Module):
     """Unscaled self-attention: ``x: [B, L, d_model] -> [B, L, d_model]``.
 
-    ``bias`` is additive, broadcastable to ``[B, N, L, L]``. The layer that owns the relative position table
-    (block 0) adds the position bias to it; the combined bias is returned so that later blocks reuse it.
+    ``position_bias`` is additive, ``[1, N, L, L]``; ``mask`` is boolean (True = attend), broadcastable to
+    ``[B, N, L, L]``, or None. The layer that owns the relative position table (block 0) computes the position bias
+    from it; the bias is returned so that later blocks reuse it.
     """
 
     config: T5Config
@@ -139,7 +158,7 @@ class T5Attention(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, bias):
+    def __call__(self, x, position_bias, mask):
         cfg = self.config
         length = x.shape[1]
         if self.has_relative_attention_bias:
@@ -148,7 +167,6 @@ class T5Attention(nn.Module):
             buckets = relative_position_buckets(length, length, cfg.relative_attention_num_buckets,
                                                 cfg.relative_attention_max_distance)
             position_bias = jnp.transpose(table(jnp.asarray(buckets)), (2, 0, 1))[None]  # [1, N, L, L]
-            bias = position_bias if bias is None else position_bias + bias
         inner = cfg.num_heads * cfg.d_kv
         kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
 
@@ -159,9 +177,9 @@ class T5Attention(nn.Module):
         q = heads(dense(inner, ("embed", "heads"), name="q", **kw)(x))
         k = heads(dense(inner, ("embed", "heads"), name="k", **kw)(x))
         v = heads(dense(inner, ("embed", "heads"), name="v", **kw)(x))
-        out = dot_product_attention(q, k, v, bias=bias, scale=1.0)
+        out = dot_product_attention(q, k, v, bias=position_bias, mask=mask, scale=1.0)
         out = out.reshape(out.shape[:2] + (inner,))
-        return dense(cfg.d_model, ("heads", "embed"), name="o", **kw)(out), bias
+        return dense(cfg.d_model, ("heads", "embed"), name="o", **kw)(out), position_bias
 
 
 class T5DenseReluDense(nn.Module):
@@ -175,7 +193,7 @@ class T5DenseReluDense(nn.Module):
     def __call__(self, x):
         cfg = self.config
         kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
-        act = ACTIVATIONS[cfg.dense_act_fn]
+        act = transformers_activation(cfg.dense_act_fn)
         if cfg.is_gated_act:
             gate = act(dense(cfg.d_ff, ("embed", "mlp"), name="wi_0", **kw)(x))
             h = gate * dense(cfg.d_ff, ("embed", "mlp"), name="wi_1", **kw)(x)
@@ -192,11 +210,12 @@ class T5LayerSelfAttention(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, bias):
+    def __call__(self, x, position_bias, mask):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = T5LayerNorm(self.config.layer_norm_epsilon, name="layer_norm", **kw)(x)
-        out, bias = T5Attention(self.config, self.has_relative_attention_bias, name="SelfAttention", **kw)(h, bias)
-        return x + out, bias
+        out, position_bias = T5Attention(self.config, self.has_relative_attention_bias, name="SelfAttention",
+                                         **kw)(h, position_bias, mask)
+        return x + out, position_bias
 
 
 class T5LayerFF(nn.Module):
@@ -220,35 +239,42 @@ class T5Block(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, bias):
+    def __call__(self, x, position_bias, mask):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x, bias = T5LayerSelfAttention(self.config, self.has_relative_attention_bias, name="layer_0", **kw)(x, bias)
+        x, position_bias = T5LayerSelfAttention(self.config, self.has_relative_attention_bias, name="layer_0",
+                                                **kw)(x, position_bias, mask)
         x = T5LayerFF(self.config, name="layer_1", **kw)(x)
-        return constrain(x, ("act_batch", "act_length", "act_embed")), bias
+        return constrain(x, ("act_batch", "act_length", "act_embed")), position_bias
 
 
 class T5Stack(nn.Module):
-    """``encoder``: the blocks, then the final RMS norm. ``x: [B, L, d_model]``, ``mask_bias: [B, 1, 1, L]``."""
+    """``encoder``: the blocks, then the final RMS norm. ``x: [B, L, d_model]``, ``mask: [B, 1, 1, L]`` boolean
+    (True = attend) or None."""
 
     config: T5Config
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, mask_bias):
+    def __call__(self, x, mask):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        bias = mask_bias
+        position_bias = None
         for i in range(self.config.num_layers):
-            # Only block 0 has a position table; the bias it returns (position + mask) serves every later block.
-            x, bias = T5Block(self.config, i == 0, name=f"block_{i}", **kw)(x, bias)
+            # Only block 0 has a position table; the bias it returns serves every later block.
+            x, position_bias = T5Block(self.config, i == 0, name=f"block_{i}", **kw)(x, position_bias, mask)
         return T5LayerNorm(self.config.layer_norm_epsilon, name="final_layer_norm", **kw)(x)
 
 
-def mask_to_bias(attention_mask: jax.Array | None) -> jax.Array | None:
-    """``[B, L]`` 1/0 mask -> additive ``[B, 1, 1, L]`` float32 bias (0 to attend, ``MASK_NEG`` for padding)."""
+def key_mask(attention_mask: jax.Array | None) -> jax.Array | None:
+    """``[B, L]`` 1/0 mask -> boolean ``[B, 1, 1, L]`` (True = attend), or None.
+
+    A boolean mask replaces a masked key's logit by a large negative number rather than adding to it: a row whose
+    keys are all padding then gets a uniform softmax over every key whatever its scores, as the reference's
+    ``where(mask, position_bias, finfo.min)`` does.
+    """
     if attention_mask is None:
         return None
-    return jnp.where(attention_mask[:, None, None, :] > 0, 0.0, MASK_NEG).astype(jnp.float32)
+    return attention_mask[:, None, None, :] > 0
 
 
 class T5EncoderModel(nn.Module):
@@ -264,7 +290,7 @@ class T5EncoderModel(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = embed(cfg.vocab_size, cfg.d_model, name="shared", **kw)(input_ids)
         x = constrain(x, ("act_batch", "act_length", "act_embed"))
-        return T5Stack(cfg, name="encoder", **kw)(x, mask_to_bias(attention_mask))
+        return T5Stack(cfg, name="encoder", **kw)(x, key_mask(attention_mask))
 
 
 def t5_dummy_inputs(batch: int = 1, length: int = 4) -> tuple[jax.Array, jax.Array]:

@@ -9,7 +9,7 @@ boundary (``to_nchw`` / ``from_nchw`` in the pipeline).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -25,15 +25,29 @@ CrossDims = tuple[int | None, ...]
 DOWN_BLOCKS = ("DownBlock2D", "CrossAttnDownBlock2D")
 UP_BLOCKS = ("UpBlock2D", "CrossAttnUpBlock2D")
 MID_BLOCKS = ("UNetMidBlock2DCrossAttn",)
-# diffusers config keys we read, and those that must keep their default (anything else is not AudioLDM 2).
-_FIXED = {
-    "only_cross_attention": (False,), "use_linear_projection": (False,), "class_embed_type": (None,),
-    "num_class_embeds": (None,), "upcast_attention": (False,), "resnet_time_scale_shift": ("default",),
-    "time_embedding_type": ("positional",), "time_embedding_act_fn": (None,), "timestep_post_act": (None,),
-    "time_cond_proj_dim": (None,), "conv_in_kernel": (3,), "conv_out_kernel": (3,),
-    "projection_class_embeddings_input_dim": (None,), "class_embeddings_concat": (False,),
-    "num_attention_heads": (None,), "act_fn": ("silu", "swish"),
+
+# diffusers' ``get_activation`` (names are matched lower-cased there too); torch's GELU is the exact (erf) one.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "silu": nn.silu, "swish": nn.silu, "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
+    "gelu": lambda x: nn.gelu(x, approximate=False), "relu": nn.relu,
 }
+
+# ``AudioLDM2UNet2DConditionModel.__init__`` defaults, for keys a config.json may leave out.
+_DIFFUSERS_DEFAULTS = dict(
+    in_channels=4, out_channels=4, flip_sin_to_cos=True, freq_shift=0,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    mid_block_type="UNetMidBlock2DCrossAttn",
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    only_cross_attention=False, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, downsample_padding=1,
+    mid_block_scale_factor=1, act_fn="silu", norm_num_groups=32, norm_eps=1e-5, cross_attention_dim=1280,
+    transformer_layers_per_block=1, attention_head_dim=8, num_attention_heads=None, use_linear_projection=False,
+    class_embed_type=None, num_class_embeds=None, upcast_attention=False, resnet_time_scale_shift="default",
+    time_embedding_type="positional", time_embedding_dim=None, time_embedding_act_fn=None, timestep_post_act=None,
+    time_cond_proj_dim=None, conv_in_kernel=3, conv_out_kernel=3, projection_class_embeddings_input_dim=None,
+    class_embeddings_concat=False,
+)
+# class_embed_type values for which the reference builds a class embedding (an unknown string builds none).
+_CLASS_EMBEDDINGS = ("timestep", "identity", "projection", "simple_projection")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +58,9 @@ class UNetConfig:
     down_block_types: tuple[str, ...] = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 3
     up_block_types: tuple[str, ...] = ("CrossAttnUpBlock2D",) * 3 + ("UpBlock2D",)
     layers_per_block: tuple[int, ...] = (2, 2, 2, 2)
-    # One tuple per down block: the Transformer2D sequence run after each ResNet of that block.
+    # One tuple per down block: the Transformer2D sequence run after each ResNet of that block. As in the reference,
+    # down block i reads entry i, the mid block the last entry, up block i entry n-1-i; the entry of a plain
+    # (DownBlock2D / UpBlock2D) block is never read, and may be anything (() for "none").
     cross_attention_dim: tuple[CrossDims, ...] = ((None, 768, 1024),) * 4
     transformer_layers_per_block: tuple[int, ...] = (1, 1, 1, 1)
     num_heads: tuple[int, ...] = (8, 8, 8, 8)
@@ -55,6 +71,12 @@ class UNetConfig:
     time_embedding_dim: int | None = None
     mid_block_scale_factor: float = 1.0
     downsample_padding: int = 1
+    conv_in_kernel: int = 3
+    conv_out_kernel: int = 3
+    # Activations on the time embedding: after linear_2 (timestep_post_act), then once more before the blocks
+    # (time_embedding_act_fn); None for neither, as in AudioLDM 2.
+    timestep_post_act: str | None = None
+    time_embedding_act_fn: str | None = None
 
     def __post_init__(self):
         n = len(self.block_out_channels)
@@ -67,9 +89,31 @@ class UNetConfig:
             bad = [t for t in getattr(self, name) if t not in allowed]
             if bad:
                 raise ValueError(f"UNet config: unknown {name} {bad}; supported: {list(allowed)}")
-        for dims in self.cross_attention_dim:
-            if not 1 <= len(dims) <= 4:
-                raise ValueError(f"UNet config: cross_attention_dim entries hold 1 to 4 dims, got {list(dims)}")
+        for i, dims in enumerate(self.cross_attention_dim):
+            if not isinstance(dims, tuple) or not all(d is None or isinstance(d, int) for d in dims):
+                raise ValueError(f"UNet config: cross_attention_dim[{i}]={dims!r} must be a tuple of ints / None "
+                                 "(() for a block without attention)")
+        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
+        if bad:
+            raise ValueError(f"UNet config: norm_num_groups={self.norm_num_groups} does not divide "
+                             f"block_out_channels {bad}")
+        for where, channels, heads, dims in attention_blocks(self):
+            if len(dims) > 4:  # the reference's limit for the blocks that read their entry
+                raise ValueError(f"UNet config: cross_attention_dim of {where} has {len(dims)} entries "
+                                 f"{list(dims)}; at most 4")
+            if dims and not 1 <= heads <= channels:
+                raise ValueError(f"UNet config: {where} has {channels} channels and attention_head_dim (the head "
+                                 f"count) {heads}: need 1 <= heads <= channels")
+        for name in ("conv_in_kernel", "conv_out_kernel"):
+            k = getattr(self, name)
+            if k < 1 or k % 2 == 0:  # the reference pads (k - 1) // 2: only an odd kernel keeps the latent size
+                raise ValueError(f"UNet config: {name}={k} is not supported: an even kernel changes the latent size "
+                                 "(the reference's UNet then fails at its skip connections, or returns a smaller "
+                                 "output than its input)")
+        for name in ("timestep_post_act", "time_embedding_act_fn"):
+            act = getattr(self, name)
+            if act is not None and act not in ACTIVATIONS:
+                raise ValueError(f"UNet config: {name}={act!r}; supported: None, {sorted(ACTIVATIONS)}")
 
     @property
     def time_embed_dim(self) -> int:
@@ -77,35 +121,131 @@ class UNetConfig:
 
     @classmethod
     def from_diffusers(cls, d: dict) -> "UNetConfig":
-        """From an ``AudioLDM2UNet2DConditionModel`` ``config.json`` dict."""
-        for key, allowed in _FIXED.items():
-            if d.get(key, allowed[0]) not in allowed:
-                raise ValueError(f"UNet config: {key}={d[key]!r} is not supported (AudioLDM 2 uses {allowed[0]!r})")
-        mid = d.get("mid_block_type", MID_BLOCKS[0])
-        if mid not in MID_BLOCKS:
-            raise ValueError(f"UNet config: unknown mid_block_type {mid!r}; supported: {list(MID_BLOCKS)}")
-        channels = tuple(d.get("block_out_channels", cls.block_out_channels))
-        n = len(channels)
+        """From an ``AudioLDM2UNet2DConditionModel`` ``config.json`` dict, read as the reference's ``__init__``
+        reads it (its defaults for missing keys). Values the reference accepts but this port does not implement
+        raise ``ValueError`` naming the key; keys that do not change the computation the pipeline runs
+        (``use_linear_projection``: a weight layout, read by the converter; ``upcast_attention``: logits are
+        float32 here anyway; ``time_cond_proj_dim``: a projection of a ``timestep_cond`` the pipeline never
+        passes) are accepted."""
+        get = lambda key: d.get(key, _DIFFUSERS_DEFAULTS[key])  # noqa: E731
 
-        def per_block(key, default):
-            value = d.get(key, default)
-            return tuple(value) if isinstance(value, (list, tuple)) else (value,) * n
+        def fail(key, why):
+            raise ValueError(f"UNet config: {key}={get(key)!r} is not supported: {why}")
 
-        cross = d.get("cross_attention_dim", 1280)
-        if isinstance(cross, (list, tuple)):
-            cross = tuple(tuple(c) if isinstance(c, (list, tuple)) else (c,) for c in cross)
-        else:
+        # keys the reference rejects itself, or whose computation this port does not implement
+        if get("num_attention_heads") is not None:
+            fail("num_attention_heads", "the reference refuses it too (attention_head_dim is the head count)")
+        if get("time_embedding_type") != "positional":
+            fail("time_embedding_type", "the reference supports 'positional' only")
+        if get("mid_block_type") not in MID_BLOCKS:
+            fail("mid_block_type", f"the reference supports {list(MID_BLOCKS)} only")
+        if get("resnet_time_scale_shift") != "default":
+            fail("resnet_time_scale_shift", "only 'default' (time embedding added) is implemented")
+        if not isinstance(get("act_fn"), str) or get("act_fn").lower() not in ("silu", "swish"):
+            fail("act_fn", "only 'silu' / 'swish' is implemented for the ResNets and the time embedding")
+        if get("norm_num_groups") is None:
+            fail("norm_num_groups", "the reference's ResNets cannot be built without it either")
+        if get("class_embeddings_concat"):
+            fail("class_embeddings_concat", "it doubles the ResNets' time-embedding width for class embeddings, "
+                 "which need class labels the pipeline never passes")
+        cls_type, num_classes = get("class_embed_type"), get("num_class_embeds")
+        if (cls_type is None and num_classes is not None) or cls_type in _CLASS_EMBEDDINGS:
+            key = "class_embed_type" if cls_type is not None else "num_class_embeds"
+            fail(key, "a class embedding needs class labels, which the AudioLDM 2 pipeline never passes")
+        acts = {}
+        for key in ("timestep_post_act", "time_embedding_act_fn"):
+            act = get(key)
+            if act is not None and (not isinstance(act, str) or act.lower() not in ACTIVATIONS):
+                fail(key, f"the reference's activations are {sorted(ACTIVATIONS)}")
+            acts[key] = None if act is None else act.lower()
+
+        def block_type(name):  # the reference reads "UNetResDownBlock2D" as "DownBlock2D" (and so on)
+            return name[len("UNetRes"):] if isinstance(name, str) and name.startswith("UNetRes") else name
+
+        down = tuple(block_type(t) for t in get("down_block_types"))
+        up = tuple(block_type(t) for t in get("up_block_types"))
+        channels = tuple(get("block_out_channels"))
+        n = len(down)
+        if len(up) != n or len(channels) != n:
+            raise ValueError(f"UNet config: down_block_types ({n}), up_block_types ({len(up)}) and "
+                             f"block_out_channels ({len(channels)}) must have the same length")
+
+        def per_block(key, kind=int):
+            value = get(key)
+            if isinstance(value, (list, tuple)):
+                # The reference refuses other lengths, except for transformer_layers_per_block, which it indexes
+                # per block (down i: [i], mid: [-1], up i: [-1 - i]): a pairing with no per-block equivalent here.
+                if len(value) != n:
+                    fail(key, f"{len(value)} entries for {n} blocks")
+                value = tuple(value)
+            else:
+                value = (value,) * n
+            if not all(isinstance(v, kind) and (kind is bool or not isinstance(v, bool)) for v in value):
+                fail(key, f"expected {kind.__name__} or a list of {n}")
+            return value
+
+        cross = get("cross_attention_dim")
+        if isinstance(cross, int) and not isinstance(cross, bool):
             cross = ((cross,),) * n
-        return cls(
-            in_channels=d.get("in_channels", 4), out_channels=d.get("out_channels", 4), block_out_channels=channels,
-            down_block_types=tuple(d["down_block_types"]), up_block_types=tuple(d["up_block_types"]),
-            layers_per_block=per_block("layers_per_block", 2), cross_attention_dim=cross,
-            transformer_layers_per_block=per_block("transformer_layers_per_block", 1),
-            num_heads=per_block("attention_head_dim", 8),  # diffusers' name; it is the head count
-            norm_num_groups=d.get("norm_num_groups", 32), norm_eps=d.get("norm_eps", 1e-5),
-            flip_sin_to_cos=d.get("flip_sin_to_cos", True), freq_shift=d.get("freq_shift", 0),
-            time_embedding_dim=d.get("time_embedding_dim"), mid_block_scale_factor=d.get("mid_block_scale_factor", 1),
-            downsample_padding=d.get("downsample_padding", 1))
+        elif isinstance(cross, (list, tuple)) and len(cross) == n:
+            entries = []
+            for entry in cross:  # per block: an int (one Transformer2D), a list of ints / nulls, or null
+                if entry is None or isinstance(entry, int):
+                    entries.append(entry if entry is None else (entry,))
+                elif isinstance(entry, (list, tuple)) and all(x is None or isinstance(x, int) for x in entry):
+                    entries.append(tuple(entry))
+                else:
+                    fail("cross_attention_dim", f"entry {entry!r} is neither an int, null, nor a list of them")
+            cross = tuple(entries)
+        else:
+            fail("cross_attention_dim", f"expected an int or a list with one entry per block ({n})")
+        # A null entry is fine where the reference never reads it (plain blocks); a block that reads it fails there.
+        readers = [(f"down block {i} ({t})", i) for i, t in enumerate(down) if t == "CrossAttnDownBlock2D"]
+        readers += [("the mid block", n - 1)]
+        readers += [(f"up block {i} ({t})", n - 1 - i) for i, t in enumerate(up) if t == "CrossAttnUpBlock2D"]
+        for where, i in readers:
+            if cross[i] is None:
+                fail("cross_attention_dim", f"entry {i} is null, and {where} reads it")
+        cross = tuple(() if c is None else c for c in cross)
+
+        # only_cross_attention is read by the cross-attention down / up blocks (not by the mid block).
+        only_cross = per_block("only_cross_attention", bool)
+        used = [(f"down block {i}", i) for i, t in enumerate(down) if t == "CrossAttnDownBlock2D" and cross[i]]
+        used += [(f"up block {i}", n - 1 - i) for i, t in enumerate(up)
+                 if t == "CrossAttnUpBlock2D" and cross[n - 1 - i]]
+        for where, i in used:
+            if only_cross[i]:
+                fail("only_cross_attention", f"True for {where}: cross-attention in place of the first "
+                     "self-attention is not implemented")
+
+        try:
+            return cls(
+                in_channels=get("in_channels"), out_channels=get("out_channels"), block_out_channels=channels,
+                down_block_types=down, up_block_types=up, layers_per_block=per_block("layers_per_block"),
+                cross_attention_dim=cross, transformer_layers_per_block=per_block("transformer_layers_per_block"),
+                num_heads=per_block("attention_head_dim"),  # diffusers' name; it is the head count
+                norm_num_groups=get("norm_num_groups"), norm_eps=get("norm_eps"),
+                flip_sin_to_cos=get("flip_sin_to_cos"), freq_shift=get("freq_shift"),
+                time_embedding_dim=get("time_embedding_dim"), mid_block_scale_factor=get("mid_block_scale_factor"),
+                downsample_padding=get("downsample_padding"), conv_in_kernel=get("conv_in_kernel"),
+                conv_out_kernel=get("conv_out_kernel"), **acts)
+        except TypeError as err:  # e.g. a string where a number belongs
+            raise ValueError(f"UNet config: {err}") from err
+
+
+def attention_blocks(config: UNetConfig) -> list[tuple[str, int, int, CrossDims]]:
+    """``(where, channels, heads, cross dims)`` of every block that runs Transformer2Ds, as the reference pairs
+    them: cross-attention down block i reads entry i, the mid block the last entry, cross-attention up block i
+    (counted from the bottom) entry ``n - 1 - i``; plain blocks read nothing."""
+    c, n = config, len(config.block_out_channels)
+    out = [(f"down block {i}", c.block_out_channels[i], c.num_heads[i], c.cross_attention_dim[i])
+           for i, kind in enumerate(c.down_block_types) if kind == "CrossAttnDownBlock2D"]
+    out.append(("the mid block", c.block_out_channels[-1], c.num_heads[-1], c.cross_attention_dim[-1]))
+    for i, kind in enumerate(c.up_block_types):
+        if kind == "CrossAttnUpBlock2D":
+            j = n - 1 - i
+            out.append((f"up block {i}", c.block_out_channels[j], c.num_heads[j], c.cross_attention_dim[j]))
+    return out
 
 
 def _stream_for(index: int, dim: int | None, streams):
@@ -188,7 +328,8 @@ class AudioLDM2UNet(nn.Module):
     context_1 [B, L1, D1] | None, context_1_mask [B, L1] | None) -> [B, H, W, C_out]``.
 
     ``context`` is the GPT-2 / LOA stream (the reference's ``encoder_hidden_states``), ``context_1`` the T5 stream
-    (``encoder_hidden_states_1``); without ``context_1`` every cross-attention uses ``context``.
+    (``encoder_hidden_states_1``); without ``context_1`` every cross-attention uses ``context``, and the T5-stream
+    entries keep ``context_1_mask`` (the reference falls back to the hidden states, not to their mask).
     """
 
     config: UNetConfig
@@ -202,15 +343,19 @@ class AudioLDM2UNet(nn.Module):
         b = sample.shape[0]
         timesteps = jnp.broadcast_to(jnp.asarray(timesteps), (b,))
         if context_1 is None:
-            context_1, context_1_mask = context, context_mask
+            context_1 = context
         streams = ((context.astype(self.dtype), mask_to_bias(context_mask, self.dtype)),
                    (context_1.astype(self.dtype), mask_to_bias(context_1_mask, self.dtype)))
 
         t = timestep_embedding(timesteps, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
         temb = TimestepEmbedding(cfg.time_embed_dim, name="time_embedding", **kw)(t.astype(self.dtype))
+        for act in (cfg.timestep_post_act, cfg.time_embedding_act_fn):  # the reference applies them in this order
+            if act is not None:
+                temb = ACTIVATIONS[act](temb)
 
         x = constrain(sample.astype(self.dtype), ("act_batch", "act_height", "act_width", "act_channels"))
-        x = conv(cfg.block_out_channels[0], 3, padding=1, name="conv_in", **kw)(x)
+        x = conv(cfg.block_out_channels[0], cfg.conv_in_kernel, padding=(cfg.conv_in_kernel - 1) // 2, name="conv_in",
+                 **kw)(x)
         skips = [x]
         n = len(cfg.block_out_channels)
         for i, kind in enumerate(cfg.down_block_types):
@@ -241,30 +386,41 @@ class AudioLDM2UNet(nn.Module):
                     x, temb, streams, skips=list(block_skips), upsample_size=size)
 
         x = nn.silu(group_norm(cfg.norm_num_groups, cfg.norm_eps, name="conv_norm_out", **kw)(x))
-        x = conv(cfg.out_channels, 3, padding=1, name="conv_out", **kw)(x)
+        x = conv(cfg.out_channels, cfg.conv_out_kernel, padding=(cfg.conv_out_kernel - 1) // 2, name="conv_out",
+                 **kw)(x)
         return constrain(x, ("act_batch", "act_height", "act_width", "act_channels"))
 
 
-def context_dims(config: UNetConfig) -> tuple[int, int | None]:
-    """Feature sizes (D0, D1) of the LOA and T5 streams the config's cross-attentions expect (D1 None: one stream)."""
+def _stream_sizes(config: UNetConfig) -> tuple[set, set]:
+    """Feature sizes each context stream must have for the cross-attentions the model runs (entries of plain
+    blocks are never read, so they do not count)."""
     streams: tuple[set, set] = (set(), set())
-    for block in config.cross_attention_dim:
-        for j, dim in enumerate(block):
+    for _, _, _, dims in attention_blocks(config):
+        for j, dim in enumerate(dims):
             if dim is not None:
                 streams[0 if j <= 1 else 1].add(dim)
     for k, dims in enumerate(streams):
         if len(dims) > 1:
-            raise ValueError(f"UNet config: cross_attention_dim gives context stream {k} several sizes {sorted(dims)}")
+            raise ValueError(f"UNet config: cross_attention_dim gives context stream {k} several sizes {sorted(dims)} "
+                             f"in the blocks that attend to it")
+    return streams
+
+
+def context_dims(config: UNetConfig) -> tuple[int, int | None]:
+    """Feature sizes (D0, D1) of the LOA and T5 streams the config's cross-attentions expect (D1 None: one stream)."""
+    streams = _stream_sizes(config)
     if not streams[0] and not streams[1]:
-        raise ValueError("UNet config: cross_attention_dim has no cross-attention at all")
+        raise ValueError("UNet config: cross_attention_dim has no cross-attention at all (in the blocks that read it)")
     d0 = next(iter(streams[0])) if streams[0] else next(iter(streams[1]))
     return d0, (next(iter(streams[1])) if streams[1] else None)
 
 
 def unet_dummy_inputs(config: UNetConfig, batch: int = 1, latent_hw: tuple[int, int] = (16, 16), context_len: int = 4,
                       dtype=jnp.float32):
-    """Zero inputs with the right shapes for ``init`` / ``eval_shape``."""
-    d0, d1 = context_dims(config)
+    """Zero inputs with the right shapes for ``init`` / ``eval_shape`` (a context of width 1 when no block
+    cross-attends: it is never read)."""
+    streams = _stream_sizes(config)
+    d0, d1 = context_dims(config) if streams[0] or streams[1] else (1, None)
     sample = jnp.zeros((batch, *latent_hw, config.in_channels), dtype)
     ctx0 = jnp.zeros((batch, context_len, d0), dtype)
     ctx1 = None if d1 is None else jnp.zeros((batch, context_len, d1), dtype)

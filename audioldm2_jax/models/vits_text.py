@@ -13,7 +13,6 @@ not used by AudioLDM 2.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any, Mapping, NamedTuple
 
@@ -22,18 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from audioldm2_jax.models.layers import conv, dense, embed, layer_norm
+from audioldm2_jax.models.layers import conv, dense, embed, layer_norm, transformers_activation
 from audioldm2_jax.parallel.partitioning import constrain, with_axes
 
 Dtype = Any
-
-_ACTIVATIONS = {
-    "relu": nn.relu,
-    "gelu": functools.partial(nn.gelu, approximate=False),
-    "gelu_new": functools.partial(nn.gelu, approximate=True),
-    "silu": nn.silu,
-    "swish": nn.silu,
-}
 
 # AudioLDM 2's speech pipeline marks the end of the phoneme sequence with this id (the first pad position).
 END_OF_PHONEMES_ID = 182
@@ -59,8 +50,7 @@ class VitsTextConfig:
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size={self.hidden_size} is not a multiple of "
                              f"num_attention_heads={self.num_attention_heads}")
-        if self.hidden_act not in _ACTIVATIONS:
-            raise ValueError(f"hidden_act={self.hidden_act!r} is not supported; expected one of {sorted(_ACTIVATIONS)}")
+        transformers_activation(self.hidden_act, "hidden_act")
         if self.window_size is not None and self.window_size < 1:
             # The reference allocates no relative tables for 0 but still indexes them: it cannot run.
             raise ValueError(f"window_size={self.window_size}: expected a positive int or null")
@@ -159,7 +149,7 @@ class VitsFeedForward(nn.Module):
         k = c.ffn_kernel_size
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, ndim=1, padding=(((k - 1) // 2, k // 2),))
         h = conv(c.ffn_dim, k, name="conv_1", **kw)(x * mask)
-        h = constrain(_ACTIVATIONS[c.hidden_act](h), ("act_batch", "act_length", "act_mlp"))
+        h = constrain(transformers_activation(c.hidden_act)(h), ("act_batch", "act_length", "act_mlp"))
         h = conv(c.hidden_size, k, name="conv_2", **kw)(h * mask)
         return h * mask
 

@@ -22,9 +22,18 @@ from audioldm2_jax.parallel.partitioning import constrain, with_axes
 Dtype = Any
 _SEQ = ("act_batch", "act_length", "act_channels")
 
+# transformers' ``SpeechT5HifiGanConfig`` defaults: what a config.json that omits a key means.
+TRANSFORMERS_DEFAULTS = dict(model_in_dim=80, sampling_rate=16000, upsample_initial_channel=512,
+                             upsample_rates=(4, 4, 4, 4), upsample_kernel_sizes=(8, 8, 8, 8),
+                             resblock_kernel_sizes=(3, 7, 11), resblock_dilation_sizes=((1, 3, 5),) * 3,
+                             leaky_relu_slope=0.1, normalize_before=True)
+
 
 @dataclasses.dataclass(frozen=True)
 class VocoderConfig:
+    """HiFi-GAN hyper-parameters. The defaults are AudioLDM 2's published vocoder; ``from_transformers`` fills keys a
+    config.json omits with transformers' ``SpeechT5HifiGanConfig`` defaults instead."""
+
     model_in_dim: int = 64
     sampling_rate: int = 16000
     upsample_initial_channel: int = 1024
@@ -48,25 +57,39 @@ class VocoderConfig:
             if u < 1 or k < u:
                 raise ValueError(f"vocoder config: upsample_kernel_sizes entry {k} with upsample_rates entry {u}: "
                                  "the kernel must be at least the stride (negative padding)")
-        if self.upsample_initial_channel % 2 ** len(self.upsample_rates):
-            raise ValueError(f"vocoder config: upsample_initial_channel={self.upsample_initial_channel} is not "
-                             f"divisible by 2**{len(self.upsample_rates)} (channels halve at every upsampler)")
+        for k in self.resblock_kernel_sizes:
+            if k < 1 or k % 2 == 0:
+                # "Same" padding (k d - d) // 2 loses a sample per layer for an even kernel: the residual sum of the
+                # reference fails on the length mismatch.
+                raise ValueError(f"vocoder config: resblock_kernel_sizes entry {k} must be a positive odd number")
+        # Channels halve (rounding down, as in the reference) at every upsampler; the last stage needs at least one.
+        if self.upsample_initial_channel // 2 ** len(self.upsample_rates) < 1:
+            raise ValueError(f"vocoder config: upsample_initial_channel={self.upsample_initial_channel} leaves no "
+                             f"channel after {len(self.upsample_rates)} halvings")
 
     @classmethod
     def from_transformers(cls, d: dict) -> "VocoderConfig":
         """From a ``SpeechT5HifiGan`` ``config.json`` dict (missing keys take transformers' defaults; the other
-        keys of a saved config are ``PretrainedConfig`` bookkeeping and are ignored)."""
+        keys of a saved config are ``PretrainedConfig`` bookkeeping and are ignored).
+
+        As in the reference, which pairs the lists with ``zip``, entries of ``upsample_kernel_sizes`` beyond
+        ``upsample_rates`` and of ``resblock_dilation_sizes`` beyond ``resblock_kernel_sizes`` are not used; fewer
+        entries than that are an error (the reference cannot run them).
+        """
         model_type = d.get("model_type", "speecht5_hifigan")
         if model_type != "speecht5_hifigan":
             raise ValueError(f"vocoder config: model_type={model_type!r} is not 'speecht5_hifigan'")
-        defaults = dict(model_in_dim=80, sampling_rate=16000, upsample_initial_channel=512,
-                        upsample_rates=(4, 4, 4, 4), upsample_kernel_sizes=(8, 8, 8, 8),
-                        resblock_kernel_sizes=(3, 7, 11), resblock_dilation_sizes=((1, 3, 5),) * 3,
-                        leaky_relu_slope=0.1, normalize_before=True)  # transformers' own defaults
-        kw = {k: d.get(k, v) for k, v in defaults.items()}
+        kw = {k: d.get(k, v) for k, v in TRANSFORMERS_DEFAULTS.items()}
         for key in ("upsample_rates", "upsample_kernel_sizes", "resblock_kernel_sizes"):
             kw[key] = tuple(int(v) for v in kw[key])
         kw["resblock_dilation_sizes"] = tuple(tuple(int(v) for v in ds) for ds in kw["resblock_dilation_sizes"])
+        for short, long in (("upsample_rates", "upsample_kernel_sizes"),
+                            ("resblock_kernel_sizes", "resblock_dilation_sizes")):
+            if len(kw[long]) < len(kw[short]):
+                raise ValueError(f"vocoder config: {long} has {len(kw[long])} entries, fewer than the "
+                                 f"{len(kw[short])} of {short}")
+            kw[long] = kw[long][:len(kw[short])]
+        kw["leaky_relu_slope"] = float(kw["leaky_relu_slope"])
         return cls(**kw)
 
     @property
@@ -138,7 +161,8 @@ class ResidualBlock(nn.Module):
 
 
 class HifiGanVocoder(nn.Module):
-    """``SpeechT5HifiGan``: ``[B, T, model_in_dim]`` log-mel -> ``[B, config.output_length(T)]`` waveform.
+    """``SpeechT5HifiGan``: ``[B, T, model_in_dim]`` log-mel -> ``[B, config.output_length(T)]`` waveform (an
+    un-batched ``[T, model_in_dim]`` gives ``[config.output_length(T)]``).
 
     ``mean`` / ``scale`` (the optional input normalisation) exist only when ``normalize_before``; they are fixed
     statistics, so gradients do not reach them.
@@ -150,6 +174,12 @@ class HifiGanVocoder(nn.Module):
 
     @nn.compact
     def __call__(self, mel: jax.Array) -> jax.Array:
+        unbatched = mel.ndim == 2  # one spectrogram [T, model_in_dim] -> [N], as the reference allows
+        if unbatched:
+            mel = mel[None]
+        if mel.ndim != 3 or mel.shape[-1] != self.config.model_in_dim:
+            raise ValueError(f"HifiGanVocoder: expected a log-mel [B, T, {self.config.model_in_dim}] or "
+                             f"[T, {self.config.model_in_dim}], got shape {mel.shape[1:] if unbatched else mel.shape}")
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = mel.astype(self.dtype)
@@ -172,4 +202,5 @@ class HifiGanVocoder(nn.Module):
             x = constrain(total / kernels, _SEQ)
         x = nn.leaky_relu(x, 0.01)  # the reference's last activation uses torch's default slope, not the config's
         x = conv(1, 7, padding=3, ndim=1, name="conv_post", **kw)(x)
-        return jnp.tanh(x[..., 0])
+        wave = jnp.tanh(x[..., 0])
+        return wave[0] if unbatched else wave

@@ -17,10 +17,17 @@ others wait for it in the next collective. :func:`exit_together` handles it: the
 with its index, posts it to the coordination service's key-value store and exits at once (a normal exit would wait
 at jax's shutdown barrier for processes that never get there); every process watches that store
 (:class:`PeerFailureWatcher`) and exits within about a second of a peer's report, naming the peer and its error.
+
+A finished run must end as carefully: process 0 hosts the coordination service, and when it exits, any call another
+process still makes to the service fails ("failed to connect to all addresses ... Connection refused"); a thread that
+is inside such a call (or any call into jax's C++ runtime) when its interpreter exits aborts that process (SIGABRT).
+Entry points therefore end with :func:`shutdown`: every process stops its own calls to the service, waits until all
+processes have done so, and only then tears jax.distributed down (the shutdown barrier, the service last).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import logging
@@ -53,6 +60,7 @@ _COORDINATOR_VARIABLES = (ENV_COORDINATOR, "COORDINATOR_ADDRESS", "MEGASCALE_COO
 EXIT_PEER_FAILED = 3
 EXIT_LINGER_S = 2.0
 _ERROR_KEY_DIR = "audioldm2_jax/errors/"
+_EXIT_KEY_DIR = "audioldm2_jax/exit/"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +74,8 @@ class DistributedSettings:
     num_cpu_devices: simulated CPU devices of this process (``--xla_force_host_platform_device_count``).
     heartbeat_timeout_s: a process silent this long is declared dead and the run is stopped.
     initialization_timeout_s: how long processes wait for each other at start-up.
-    shutdown_timeout_s: how long a finishing process waits for the others at the exit barrier.
+    shutdown_timeout_s: how long jax's shutdown barrier waits for all processes; :func:`shutdown` brings them there
+        together (its own exit barrier, where a process done early waits for the others, has no time limit).
     cpu_collectives: ``gloo`` (cross-process collectives of the CPU backend) or ``mpi``.
     """
 
@@ -189,6 +198,9 @@ def initialize(settings: DistributedSettings | None = None, force: bool = False)
         # Progress and information come from process 0; warnings and errors from every process, labelled.
         logging.getLogger("audioldm2_jax").setLevel(logging.WARNING)
     PeerFailureWatcher.start()
+    # Scripts that end without shutdown(): the watcher still stops before jax's own exit hook (registered when jax was
+    # imported, so it runs after this one) clears the backends and tears jax.distributed down.
+    atexit.register(PeerFailureWatcher.stop)
     log.warning("process %d of %d joined the run in %.1f s: %d local / %d global devices (%s)", jax.process_index(),
                 jax.process_count(), time.perf_counter() - started, jax.local_device_count(), jax.device_count(),
                 jax.devices()[0].platform)
@@ -228,35 +240,57 @@ def _client():
 
 
 class PeerFailureWatcher:
-    """A daemon thread that polls the coordination service for errors posted by other processes
-    (:func:`report_failure`) and stops this process when one appears."""
+    """A thread that polls the coordination service for errors posted by other processes (:func:`report_failure`)
+    and stops this process when one appears.
+
+    It is a daemon thread (it must never keep a process alive), so it has to be stopped (:meth:`stop`) before the run
+    ends: a daemon thread still inside a call to the service when the interpreter exits aborts the process, and a
+    call made after process 0 has torn the service down fails. It reads nothing from jax but the service: after
+    jax's exit hook has cleared the backends, ``jax.process_index()`` would start a new backend (more calls to the
+    service, from a process that is leaving)."""
 
     poll_seconds = 0.5
+    join_timeout_s = 60.0
     _thread: threading.Thread | None = None
+    _stop: threading.Event | None = None
 
     @classmethod
     def start(cls) -> None:
         if cls._thread is not None or _client() is None:
             return
-        cls._thread = threading.Thread(target=cls._watch, name="peer-failure-watcher", daemon=True)
+        cls._stop = threading.Event()
+        cls._thread = threading.Thread(target=cls._watch, args=(cls._stop, jax.process_index(), process_label()),
+                                       name="peer-failure-watcher", daemon=True)
         cls._thread.start()
 
     @classmethod
-    def _watch(cls) -> None:
-        while True:
-            time.sleep(cls.poll_seconds)
-            if _client() is None:  # jax.distributed.shutdown() ran: the run is over
-                return
-            peers = peer_errors()
+    def stop(cls) -> None:
+        """Stops the thread and waits until it has returned from its last call to the service (quick: the calls do
+        not block). Idempotent."""
+        thread, stop = cls._thread, cls._stop
+        if thread is None or stop is None:
+            return
+        stop.set()
+        if thread is not threading.current_thread():
+            thread.join(cls.join_timeout_s)
+            if thread.is_alive():
+                log.warning("the peer-failure watcher did not stop within %.0f s", cls.join_timeout_s)
+        cls._thread = cls._stop = None
+
+    @classmethod
+    def _watch(cls, stop: threading.Event, me: int, label: str) -> None:
+        while not stop.wait(cls.poll_seconds):
+            peers = peer_errors(me)
             if peers is None:  # the service is gone; jax's own error polling stops the process
                 return
-            if peers:
+            if peers and not stop.is_set():
                 index, message = peers[0]
-                _hard_exit(EXIT_PEER_FAILED, f"[{process_label()}] stopping: process {index} failed: {message}")
+                _hard_exit(EXIT_PEER_FAILED, f"[{label}] stopping: process {index} failed: {message}")
 
 
-def peer_errors() -> list[tuple[int, str]] | None:
-    """Errors other processes posted (``(index, message)``, by index); None when the service cannot be reached."""
+def peer_errors(me: int | None = None) -> list[tuple[int, str]] | None:
+    """Errors other processes posted (``(index, message)``, by index; ``me``: this process's index, default
+    ``jax.process_index()``); None when the service cannot be reached."""
     client = _client()
     if client is None:
         return []
@@ -264,7 +298,7 @@ def peer_errors() -> list[tuple[int, str]] | None:
         entries = client.key_value_dir_get(_ERROR_KEY_DIR)
     except Exception:  # noqa: BLE001
         return None
-    me = jax.process_index()
+    me = jax.process_index() if me is None else me
     found = []
     for key, message in entries:
         index = key.rsplit("/", 1)[-1]
@@ -333,6 +367,59 @@ def exit_together(exit_codes: Mapping[type, int] | None = None) -> Iterator[None
         if isinstance(err, SystemExit) and isinstance(err.code, int):
             code = err.code
         _hard_exit(code)
+
+
+def shutdown(poll_seconds: float = 0.5) -> None:
+    """Leaves a multi-process run together: the last call of an entry point (``train.py``, ``sample.py``); a no-op when
+    jax.distributed is not running (single process) or already shut down. In this order:
+
+    1. this process's peer-failure watcher stops and is joined: from here on only this function talks to the
+       coordination service;
+    2. the exit barrier: each process counts itself in and waits until every process has, so that all are done with
+       their collectives, checkpoint finalisation and calls to the service. The wait has no time limit (a process may
+       finish its share of the work long after the others), but failures still end it: an error a peer posts ends
+       this process too (status :data:`EXIT_PEER_FAILED`), and a dead peer is found by jax's heartbeat;
+    3. ``jax.distributed.shutdown()``: jax's preemption manager, then the client (jax's shutdown barrier, which every
+       process reaches at about the same time now), then, on process 0, the coordination service.
+
+    ``poll_seconds``: how often the barrier looks for peers' errors while it waits."""
+    if not jax.distributed.is_initialized():
+        return
+    PeerFailureWatcher.stop()
+    if jax.process_count() > 1:
+        with exit_together():
+            _exit_barrier(poll_seconds)
+    jax.distributed.shutdown()
+
+
+def _exit_barrier(poll_seconds: float) -> None:
+    """Returns when every process has called it (step 2 of :func:`shutdown`). A counter rather than one key per
+    process: the wait reads a single key however many processes there are."""
+    client = _client()
+    me, count = jax.process_index(), jax.process_count()
+    everyone = _EXIT_KEY_DIR + "everyone"
+    if client.key_value_increment(_EXIT_KEY_DIR + "arrived", 1) == count:  # the last one in opens the barrier
+        client.key_value_set(everyone, "1")
+    started = time.monotonic()
+    next_note_s = 60.0
+    while True:
+        try:
+            client.blocking_key_value_get(everyone, max(1, int(poll_seconds * 1000)))
+            return
+        except Exception as err:  # noqa: BLE001 -- jax raises its runtime error; only the timeout means "not yet"
+            if "DEADLINE_EXCEEDED" not in str(err):
+                raise
+        peers = peer_errors(me)
+        if peers is None:
+            raise RuntimeError("the coordination service (process 0) cannot be reached at the exit barrier")
+        if peers:
+            index, message = peers[0]
+            _hard_exit(EXIT_PEER_FAILED, f"[{process_label()}] stopping: process {index} failed: {message}")
+        waited_s = time.monotonic() - started
+        if waited_s >= next_note_s:
+            log.warning("process %d has waited %.0f s at the exit barrier for the other processes to finish", me,
+                        waited_s)
+            next_note_s *= 2
 
 
 def split_evenly(items: Sequence, index: int | None = None, count: int | None = None) -> tuple[int, list]:

@@ -54,6 +54,25 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
+def training_rules(rules: LogicalRules, mesh: jax.sharding.Mesh) -> tuple:
+    """The logical rules of a program that differentiates through the models on ``mesh``: ``rules``, except that
+    convolution kernels keep their input channels unsharded (``conv_in`` -> None) on meshes whose ``data``,
+    ``fsdp`` and ``tensor`` axes are all larger than 1.
+
+    Why: on such meshes XLA's SPMD partitioner (jax 0.10.2; Shardy and GSPMD alike) returns wrong kernel gradients
+    for a strided convolution followed by a nonlinearity and a second convolution when both kernels are sharded
+    over fsdp (input channels) and tensor (output channels), at small per-device activations (a few examples of
+    up to ~16 x 8 positions per shard): the backward pass permutes the cotangent between the data and fsdp shards
+    of the batch but not the activations it is multiplied with. The loss is right, the gradients are up to 100 %
+    off. With ``conv_in`` unsharded the same programs match one device to float32 rounding. Reproducer and
+    measurements: ``bench/sharded_conv_grad.py``, docs/training.md ("Meshes with data, fsdp and tensor").
+    Inference programs (no gradients) keep ``rules`` as they are.
+    """
+    if all(mesh.shape.get(axis, 1) > 1 for axis in ("data", "fsdp", "tensor")):
+        return tuple((name, None if name == "conv_in" else axes) for name, axes in rules)
+    return tuple(rules)
+
+
 def make_mesh(shape: dict[str, int] | Sequence[int], names: Sequence[str] = ("data", "fsdp", "tensor"),
               devices=None) -> jax.sharding.Mesh:
     """A mesh with ``Auto`` axes (Linen's logical constraints need them; ``Explicit`` is jax's default now).

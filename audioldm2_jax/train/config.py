@@ -185,6 +185,119 @@ def as_dict(config) -> dict:
     return config.to_dict() if hasattr(config, "to_dict") else dict(config)
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _check_int(problems: list, name: str, value, minimum: int, note: str = "") -> None:
+    """An integer (not a bool) >= ``minimum``; ``note`` says what the smallest values mean."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        problems.append(f"{name}={value!r} must be an integer >= {minimum}{note}")
+
+
+def _check_number(problems: list, name: str, value, low=None, high=None, *, low_open: bool = False,
+                  high_open: bool = False) -> None:
+    """A finite number in ``[low, high]`` (``(`` / ``)`` with ``low_open`` / ``high_open``; None: unbounded)."""
+    ok = _is_number(value) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        span = (f"{'(' if low_open else '['}{'-inf' if low is None else low}, "
+                f"{'inf' if high is None else high}{')' if high_open or high is None else ']'}")
+        problems.append(f"{name}={value!r} must be a finite number in {span}")
+
+
+def _check_optimizer(problems: list, group: str, opt: Mapping, num_steps) -> None:
+    """Values of an optimizer section (``optimizer``, or the keys a ``group_optimizers`` entry overrides)."""
+    checks = dict(
+        learning_rate=lambda n, v: _check_number(problems, n, v, 0, low_open=True),
+        b1=lambda n, v: _check_number(problems, n, v, 0, 1, high_open=True),
+        b2=lambda n, v: _check_number(problems, n, v, 0, 1, high_open=True),
+        # eps = 0 divides 0 by 0 for a parameter whose gradient is 0 (NaN updates)
+        eps=lambda n, v: _check_number(problems, n, v, 0, low_open=True),
+        weight_decay=lambda n, v: _check_number(problems, n, v, 0),
+        end_learning_rate_factor=lambda n, v: _check_number(problems, n, v, 0, 1),
+        warmup_steps=lambda n, v: _check_int(problems, n, v, 0))
+    for key, check in checks.items():
+        if key in opt:
+            check(f"{group}.{key}", opt[key])
+    warmup = opt.get("warmup_steps")
+    if isinstance(num_steps, int) and isinstance(warmup, int) and not isinstance(warmup, bool) and warmup > num_steps:
+        problems.append(f"{group}.warmup_steps={warmup} is more than num_steps={num_steps}: the learning rate would "
+                        "never reach its peak")
+    clip = opt.get("grad_clip_norm", 1.0)
+    if clip is not None and not (_is_number(clip) and math.isfinite(clip) and clip > 0):
+        problems.append(f"{group}.grad_clip_norm={clip!r} must be a finite number > 0 (None: no clipping)")
+
+
+def _check_values(d: dict) -> list[str]:
+    """Range checks of every numeric key the trainer reads (outside the mesh and the model sections): intervals,
+    rates, probabilities, weights, sizes."""
+    problems: list[str] = []
+    if isinstance(d["seed"], bool) or not isinstance(d["seed"], (int, np.integer)):
+        problems.append(f"seed={d['seed']!r} must be an integer")
+    _check_optimizer(problems, "optimizer", d["optimizer"], d["num_steps"])
+    for name, group in d["group_optimizers"].items():
+        _check_optimizer(problems, f"group_optimizers.{name}", group, d["num_steps"])
+
+    # Intervals: a step count divides by them (0 fails after the first step).
+    _check_int(problems, "checkpoint.every_steps", d["checkpoint"]["every_steps"], 1)
+    _check_int(problems, "checkpoint.keep", d["checkpoint"]["keep"], 0, " (0: keep every checkpoint)")
+    _check_int(problems, "log.every_steps", d["log"]["every_steps"], 1)
+    _check_int(problems, "log.sample_every_steps", d["log"]["sample_every_steps"], 0, " (0: no samples)")
+    _check_int(problems, "log.num_samples", d["log"]["num_samples"], 1)
+    _check_int(problems, "log.sample_steps", d["log"]["sample_steps"], 1)
+
+    data = d["data"]
+    for key, minimum in (("read_threads", 0), ("prefetch_buffer_size", 0), ("worker_buffer_size", 1),
+                         ("max_consecutive_skips", 0), ("crop_retries", 0), ("procedural_clips", 1)):
+        _check_int(problems, f"data.{key}", data[key], minimum)
+    _check_number(problems, "data.silence_peak", data["silence_peak"], 0)
+    # A clip must give at least one latent frame of the smallest VAE (as DataConfig.validate asks).
+    _check_number(problems, "data.clip_seconds", data["clip_seconds"], 0.06, low_open=True)
+    if data["num_epochs"] is not None:
+        _check_int(problems, "data.num_epochs", data["num_epochs"], 1, " (None: repeat forever)")
+
+    for key in ("t5_max_length", "clap_max_length"):
+        _check_int(problems, f"text.{key}", d["text"][key], 1)
+    diffusion = d["diffusion"]
+    _check_int(problems, "diffusion.num_train_timesteps", diffusion["num_train_timesteps"], 1)
+    for key in ("beta_start", "beta_end"):
+        _check_number(problems, f"diffusion.{key}", diffusion[key], 0, 1, low_open=True, high_open=True)
+    from audioldm2_jax.diffusion.schedule import BETA_SCHEDULES
+
+    if diffusion["beta_schedule"] not in BETA_SCHEDULES:
+        problems.append(f"diffusion.beta_schedule={diffusion['beta_schedule']!r} is not one of {BETA_SCHEDULES}")
+
+    vae = d["vae"]
+    if vae["rec_loss"] != "l1":
+        problems.append(f"vae.rec_loss={vae['rec_loss']!r}: the VAE stage trains with the L1 reconstruction loss only")
+    _check_int(problems, "vae.disc_start", vae["disc_start"], 0)
+    for key in ("kl_weight", "disc_weight", "disc_factor"):
+        _check_number(problems, f"vae.{key}", vae[key], 0)
+    # Probabilities: a mask ratio of 1 leaves the encoder no patch; a dropout of 1 never trains the condition.
+    _check_number(problems, "audiomae.mask_ratio", d["audiomae"]["mask_ratio"], 0, 1, high_open=True)
+    _check_number(problems, "ldm.cond_dropout", d["ldm"]["cond_dropout"], 0, 1, high_open=True)
+    _check_number(problems, "ldm.latent_scale", d["ldm"]["latent_scale"], 0, low_open=True)
+    _check_number(problems, "gpt2.cond_dropout", d["gpt2"]["cond_dropout"], 0, 1, high_open=True)
+    _check_int(problems, "gpt2.loa_lambda", d["gpt2"]["loa_lambda"], 1)
+    _check_number(problems, "joint.p_gt", d["joint"]["p_gt"], 0, 1)
+    _check_number(problems, "joint.gpt2_loss_weight", d["joint"]["gpt2_loss_weight"], 0)
+    vocoder = d["vocoder"]
+    _check_int(problems, "vocoder.segment_frames", vocoder["segment_frames"], 1)
+    for key in ("mel_weight", "feature_weight", "adv_weight", "stft_weight"):
+        _check_number(problems, f"vocoder.{key}", vocoder[key], 0)
+    for pair in vocoder["stft_resolutions"]:
+        if (not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair) or pair[1] > pair[0]):
+            problems.append(f"vocoder.stft_resolutions entry {pair!r} must be (n_fft, hop) with 0 < hop <= n_fft")
+    _check_int(problems, "toy.hidden", d["toy"]["hidden"], 1)
+    _check_number(problems, "toy.sleep_seconds", d["toy"]["sleep_seconds"], 0)
+    return problems
+
+
 def validate(config, num_devices: int | None = None, process_count: int | None = None) -> None:
     """Raises a ValueError naming every problem that would otherwise surface during (or after) compilation:
     unknown keys, a mesh that does not divide the devices, a batch the data axes cannot split, bad values."""
@@ -210,8 +323,8 @@ def validate(config, num_devices: int | None = None, process_count: int | None =
             problems.append(f"{group}.schedule={opt['schedule']!r} is not one of {SCHEDULES}")
         if opt.get("name", "adamw") != "adamw":
             problems.append(f"{group}.name={opt['name']!r}: only 'adamw' is supported")
-    if not 0.0 <= d["ema"]["decay"] < 1.0:
-        problems.append(f"ema.decay={d['ema']['decay']} must be in [0, 1)")
+    _check_number(problems, "ema.decay", d["ema"]["decay"], 0, 1, high_open=True)  # 0: no EMA copy
+    problems.extend(_check_values(d))
 
     mesh = d["mesh"]
     for axis in mesh:
@@ -234,14 +347,6 @@ def validate(config, num_devices: int | None = None, process_count: int | None =
             elif (d["batch_size"] // d["grad_accum_steps"]) % data_ways or d["batch_size"] % d["grad_accum_steps"]:
                 problems.append(f"batch_size={d['batch_size']} / grad_accum_steps={d['grad_accum_steps']} does not "
                                 f"give micro-batches divisible by data x fsdp = {data_ways}")
-            elif (d["batch_size"] // d["grad_accum_steps"] == data_ways and min(resolved.get("data", 1),
-                  resolved.get("fsdp", 1), resolved.get("tensor", 1)) > 1):
-                # XLA's SPMD partitioner (jax 0.10.2) returns wrong convolution gradients when data, fsdp and
-                # tensor are all > 1 and each data shard holds one example; see docs/training.md.
-                problems.append(f"batch_size={d['batch_size']} (grad_accum_steps={d['grad_accum_steps']}) leaves one "
-                                f"example per data shard on mesh {resolved}, a layout for which XLA computes wrong "
-                                "convolution gradients; use at least 2 examples per data x fsdp shard or fewer "
-                                "mesh axes")
     if process_count is not None and d["batch_size"] % process_count:
         problems.append(f"batch_size={d['batch_size']} does not split over {process_count} processes")
 
@@ -258,10 +363,6 @@ def validate(config, num_devices: int | None = None, process_count: int | None =
     lambdas = tuple(d["ldm"]["loa_lambdas"])
     if not lambdas or any(int(v) < 1 for v in lambdas):
         problems.append(f"ldm.loa_lambdas={lambdas} must be positive pooling rates")
-    if not 0.0 <= d["ldm"]["cond_dropout"] < 1.0:
-        problems.append(f"ldm.cond_dropout={d['ldm']['cond_dropout']} must be in [0, 1)")
-    if not 0.0 <= d["joint"]["p_gt"] <= 1.0:
-        problems.append(f"joint.p_gt={d['joint']['p_gt']} must be in [0, 1]")
     if d["model"]["text_encoder_2"] not in TEXT_ENCODERS_2:
         problems.append(f"model.text_encoder_2={d['model']['text_encoder_2']!r} is not one of {TEXT_ENCODERS_2}")
     if not isinstance(d["text"]["vits_max_length"], int) or d["text"]["vits_max_length"] < 0:

@@ -38,7 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from audioldm2_jax.compilation import compile_lowered
 from audioldm2_jax.parallel import distributed as dist
-from audioldm2_jax.parallel.partitioning import logical_to_shardings, make_mesh
+from audioldm2_jax.parallel.partitioning import logical_to_shardings, make_mesh, training_rules
 from audioldm2_jax.train import checkpoint as ckpt_lib
 from audioldm2_jax.train import config as config_lib
 from audioldm2_jax.train import metrics as metrics_lib
@@ -220,7 +220,7 @@ class Trainer:
         config_lib.validate(config, num_devices, jax.process_count())
         dtype = config_lib.resolve_compute_dtype(config.compute_dtype)
         mesh = build_mesh(config, devices)
-        rules = config_lib.logical_rules(config)
+        rules = training_rules(config_lib.logical_rules(config), mesh)
         stage = make_stage(config, dtype)
         optimizers, schedules = {}, {}
         for group in stage.groups:
