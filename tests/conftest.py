@@ -27,6 +27,21 @@ def assert_close(ours, ref, rel: float = 1e-4, what: str = "output"):
     return err / scale
 
 
+def perturb_every_tensor(model, seed: int, vector_std: float = 0.3) -> None:
+    """Adds seeded noise to every floating tensor of a torch reference's ``state_dict()``, so that a parity test sees
+    every parameter (transformers initialises biases to zero and norm scales to one: a wrong mapping of those would
+    pass): ``N(0, 1/fan_in)`` on matrices and kernels (a fan-in init's scale, activations stay O(1)),
+    ``N(0, vector_std^2)`` on vectors."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                std = tensor[0].numel() ** -0.5 if tensor.ndim >= 2 else vector_std
+                tensor.add_(std * torch.randn(tensor.shape, generator=generator))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _torch_threads():
     try:

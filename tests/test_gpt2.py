@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import assert_close
+from conftest import assert_close, perturb_every_tensor
 from diffusers.pipelines.audioldm2.pipeline_audioldm2 import AudioLDM2Pipeline
 from flax import traverse_util
 
@@ -57,22 +57,13 @@ CASES = {
 }
 
 
-def perturb(model: torch.nn.Module, seed: int) -> None:
-    """Adds seeded noise to every floating tensor of ``model.state_dict()``: ``N(0, 1/fan)`` on matrices (the
-    scale of a fan-in init, so activations stay O(1)), ``N(0, 0.3^2)`` on vectors (zero biases, norm scales of one)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for tensor in model.state_dict().values():
-            if tensor.is_floating_point():
-                std = tensor[0].numel() ** -0.5 if tensor.ndim >= 2 else 0.3
-                tensor.add_(std * torch.randn(tensor.shape, generator=generator))
 
 
 def save_reference(model_class, config, folder: Path, seed: int = 0):
     """The model saved to ``folder``, and its ``GPT2Model`` part (what our model computes)."""
     torch.manual_seed(seed)
     model = model_class(config).eval()
-    perturb(model, seed)
+    perturb_every_tensor(model, seed)
     model.save_pretrained(folder)
     return model, getattr(model, "transformer", model)
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import assert_close
+from conftest import assert_close, perturb_every_tensor
 from transformers.models.t5.modeling_t5 import T5Attention as TorchT5Attention
 
 from audioldm2_jax.convert.t5 import load_t5, t5_state_dict_to_params
@@ -71,21 +71,12 @@ CASES = {
 }
 
 
-def perturb(model: torch.nn.Module, seed: int) -> None:
-    """Adds seeded noise to every floating tensor of ``model.state_dict()``: ``N(0, 1/fan_in)`` on matrices (the
-    scale of a fan-in init, so activations stay O(1)), ``N(0, 0.3^2)`` on vectors (norm scales of one)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for tensor in model.state_dict().values():
-            if tensor.is_floating_point():
-                std = tensor[0].numel() ** -0.5 if tensor.ndim >= 2 else 0.3
-                tensor.add_(std * torch.randn(tensor.shape, generator=generator))
 
 
 def save_reference(model_class, config, folder: Path, seed: int = 0):
     torch.manual_seed(seed)
     model = model_class(config).eval()
-    perturb(model, seed)
+    perturb_every_tensor(model, seed)
     model.save_pretrained(folder)
     # The part that computes the encoder's output: a T5EncoderModel, or the encoder stack of the other classes
     # (the classification ones nest the model under `transformer`).

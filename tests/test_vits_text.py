@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import assert_close
+from conftest import assert_close, perturb_every_tensor
 
 from audioldm2_jax.convert.vits_text import convert_vits_text_state_dict, load_vits_text
 from audioldm2_jax.convert.weights import CheckpointError
@@ -41,21 +41,12 @@ CASES = {
 }
 
 
-def perturb(model: torch.nn.Module, seed: int) -> None:
-    """Adds seeded noise to every floating tensor of ``model.state_dict()``: ``N(0, 1/fan)`` on matrices and
-    convolution kernels (the scale of a fan-in init), ``N(0, 0.3^2)`` on vectors (zero biases, norm scales of one)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for tensor in model.state_dict().values():
-            if tensor.is_floating_point():
-                std = tensor[0].numel() ** -0.5 if tensor.ndim >= 2 else 0.3
-                tensor.add_(std * torch.randn(tensor.shape, generator=generator))
 
 
 def save_reference(folder, seed=0, **overrides):
     torch.manual_seed(seed)
     model = transformers.VitsModel(transformers.VitsConfig(**{**UPSTREAM, **overrides})).eval()
-    perturb(model, seed)
+    perturb_every_tensor(model, seed)
     model.save_pretrained(folder)
     return model
 
