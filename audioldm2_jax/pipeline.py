@@ -104,6 +104,7 @@ class _Request:
     seeds: tuple[int, ...]  # one per prompt, reduced to uint32
     latents: np.ndarray | None  # [Bn, T/f, W, C] channels-last, float32
     max_new_tokens: int
+    tokens: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)  # AudioLDM2Pipeline.tokenize's output
 
     @property
     def cfg(self) -> bool:
@@ -608,7 +609,8 @@ class AudioLDM2Pipeline:
         # GPT-2 reads the projected prompt (CLAP's token, then the T5 / phoneme stream, each between a learned SOS
         # and EOS) followed by the generated states but the last (returned, never fed back): positions 0 ..
         # prompt + max_new_tokens - 2 must all have a row in its position table (the reference indexes past it).
-        length_2 = self.tokenize(request)["ids_2"].shape[1]
+        request = dataclasses.replace(request, tokens=self.tokenize(request))  # tokenised once, read by _encode
+        length_2 = request.tokens["ids_2"].shape[1]
         prompt_length = (1 + 2) + (length_2 + 2)
         positions = self.language_model_config.n_positions
         if request.max_new_tokens > positions - prompt_length + 1:
@@ -688,7 +690,7 @@ class AudioLDM2Pipeline:
         """Runs the text side once per prompt (and negative prompt); returns host arrays ``(text_embeds [B, P],
         loa [R * n, N, D], context_1 [R * n, Lc, D1] | None, mask_1 [R * n, Lc] | None)`` with every row repeated
         for its n waveforms and the T5 stream zero-padded to the UNet's fixed context length."""
-        tokens = self.tokenize(request)
+        tokens = request.tokens
         num_negative = len(request.prompts) if request.cfg else 0
         fn = self._encode_fn(num_negative, request.max_new_tokens)
         args = (self.params, tokens["clap_ids"], tokens["clap_mask"], tokens["ids_2"], tokens["mask_2"])
