@@ -18,15 +18,15 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 $(PYTEST_ARGS)
 
-# The main job on a fresh machine: the training quickstart (audioldm2_jax/train/quickstart.py). Shared tokenizers
+# The main job on a fresh machine: the training quickstart (audioldm2_jax/quickstart/). Shared tokenizers
 # and frozen text encoders, the six training stages at tiny size on the built-in procedural dataset (two at a time),
 # sampling prompts of the dataset's grammar from the result, and a prompt-following report (pitch class, instrument
 # family, onset rate) with wall times and loss curves. Run it again to resume an interrupted job.
 QUICKSTART ?= runs/quickstart
 quickstart: $(STAMP)
-	$(PY) -m audioldm2_jax.train.quickstart --root $(QUICKSTART)
+	$(PY) -m audioldm2_jax.quickstart --root $(QUICKSTART)
 	@echo "quickstart outputs: $(QUICKSTART)/report.md and report.json (prompt following, timings),"
 	@echo "  $(QUICKSTART)/samples/ (WAV + spectrogram PNG + JSON per clip), $(QUICKSTART)/loss_<stage>.png;"
 	@echo "  the trained model: $(QUICKSTART)/joint/export (python sample.py --checkpoint $(QUICKSTART)/joint/export ...)"

@@ -1,10 +1,10 @@
 """Ahead-of-time compilation with the project's XLA options.
 
 On CPU, XLA (jax 0.10) hands convolutions, matrix products and the element-wise work around them to YNNPACK
-"library fusions". For this project's models that is the slower choice on a 2-core AVX2 machine (jax 0.10.2, fp32,
-see docs/benchmarks.md): the T-UNet forward at batch 8 takes 18.8 s with them and 14.0 s without, the VAE decoder
-39.7 s against 23.9 s. :func:`compile_lowered` therefore compiles with XLA's own CPU code generation unless the user
-chose the library fusions in ``XLA_FLAGS``. Other backends compile with XLA's defaults.
+"library fusions". For this project's convolution-heavy models (the T-UNet, the VAE decoder) they are the slower
+choice on the CPUs measured, where XLA's own emitters and Eigen's kernels run the same products faster
+(docs/benchmarks.md, "Pipeline end to end"). :func:`compile_lowered` therefore compiles with XLA's own CPU code
+generation unless the user chose the library fusions in ``XLA_FLAGS``. Other backends compile with XLA's defaults.
 """
 
 from __future__ import annotations
@@ -21,18 +21,20 @@ CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 def compiler_options(backend: str | None = None) -> dict[str, str]:
-    """The options :func:`compile_lowered` passes for ``backend`` (default: JAX's default backend). Options that
-    ``XLA_FLAGS`` sets are left to it."""
+    """The options :func:`compile_lowered` passes for the target platform ``backend`` ("cpu", "gpu", "tpu"; default:
+    JAX's default backend). Options that ``XLA_FLAGS`` sets are left to it."""
     if (backend or jax.default_backend()) != "cpu":
         return {}
     flags = os.environ.get("XLA_FLAGS", "")
     return {name: value for name, value in CPU_COMPILER_OPTIONS.items() if name not in flags}
 
 
-def compile_lowered(lowered: jax.stages.Lowered, *, xla_defaults: bool = False) -> jax.stages.Compiled:
-    """``lowered.compile()`` with :func:`compiler_options` (``xla_defaults``: without them). An XLA that does not
-    know an option (another jax version) compiles with its defaults."""
-    options = {} if xla_defaults else compiler_options()
+def compile_lowered(lowered: jax.stages.Lowered, *, xla_defaults: bool = False,
+                    platform: str | None = None) -> jax.stages.Compiled:
+    """``lowered.compile()`` with :func:`compiler_options` of ``platform``, the platform the program was lowered for
+    (e.g. its mesh's ``devices.flat[0].platform``; default: JAX's default backend), or without them
+    (``xla_defaults``). An XLA that does not know an option (another jax version) compiles with its defaults."""
+    options = {} if xla_defaults else compiler_options(platform)
     if options:
         try:
             return lowered.compile(compiler_options=options)

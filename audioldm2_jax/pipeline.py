@@ -9,15 +9,17 @@
         ─► (n > 1 per prompt) CLAP audio tower ─► each prompt's waveforms ranked by their score to that prompt
 
 R is the text batch: ``[negative prompts; prompts]`` (2B rows) with classifier-free guidance, B without. Every row
-of the text side is computed once per prompt and repeated for its n waveforms (Bn rows).
+of the text side is computed once per prompt and repeated for its n waveforms (Bn rows) inside the sampling program.
 
 Compiled pieces (each lowered and compiled ahead of time, once, then cached on the pipeline):
-- ``encode``: CLAP + T5/VITS + projection + GPT-2 generation, per (text batch, CLAP length, T5 length);
+- ``encode``: CLAP + T5/VITS + projection + GPT-2 generation, per (text batch, CLAP length, T5 length). It
+  zero-pads the T5 context (mask 0) to a fixed length, so that prompt lengths do not reach the sampling program's
+  key: a masked key gets a bias of -10000 in the UNet's cross-attention, so its softmax weight is exactly 0 in
+  float32 and the padding changes nothing;
 - ``sample``: the whole denoising loop (``lax.fori_loop`` over the sampler's steps, CFG as one UNet call on the
   concatenated ``[uncond; cond]`` batch), the VAE decode and the vocoder, per (batch, latent length, steps,
-  sampler, CFG on/off); the guidance scale is an argument, not a constant. The T5 context is zero-padded (mask
-  0) to a fixed length so that prompt lengths do not reach this key: a masked key gets a bias of -10000 in the
-  UNet's cross-attention, so its softmax weight is exactly 0 in float32 and the padding changes nothing;
+  sampler, CFG on/off); the guidance scale is an argument, not a constant. It takes the conditioning as ``encode``
+  left it on the devices (R rows) and repeats each row for its n waveforms itself;
 - ``clap_audio``: CLAP audio embeddings for ranking, per batch; ``noise``: the initial latents, per batch.
 
 Numerics follow diffusers' ``AudioLDM2Pipeline`` (transformers 5, diffusers 0.42), including its quirks: the
@@ -37,7 +39,6 @@ import json
 import logging
 import math
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -48,31 +49,25 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from audioldm2_jax import components
 from audioldm2_jax.audio.clap_features import ClapFeatureConfig, clap_audio_inputs, resample_for_clap
 from audioldm2_jax.compilation import compile_lowered
-from audioldm2_jax.convert.clap import abstract_params as clap_abstract_params
-from audioldm2_jax.convert.clap import load_clap
-from audioldm2_jax.convert.gpt2 import gpt2_param_shapes, load_gpt2
-from audioldm2_jax.convert.projection import load_projection, projection_param_shapes
-from audioldm2_jax.convert.t5 import load_t5, t5_param_shapes
-from audioldm2_jax.convert.unet import load_unet, unet_param_shapes
-from audioldm2_jax.convert.vae import load_vae, vae_param_shapes
-from audioldm2_jax.convert.vits_text import abstract_params as vits_abstract_params
-from audioldm2_jax.convert.vits_text import load_vits_text
-from audioldm2_jax.convert.vocoder import load_vocoder, vocoder_param_shapes
-from audioldm2_jax.convert.weights import CheckpointError, read_config, resolve_checkpoint
+from audioldm2_jax.convert import clap as clap_convert
+from audioldm2_jax.convert.weights import CheckpointError, resolve_checkpoint
 from audioldm2_jax.diffusion import (
     SAMPLER_NAMES, Sampler, default_sampler_name, load_scheduler_config, make_sampler, sample_loop,
     scheduler_config_key)
 from audioldm2_jax.models.clap import ClapConfig, ClapModel, own_prompt_scores, rank_waveforms
 from audioldm2_jax.models.gpt2 import GPT2Config, GPT2Model, generate_loa
+from audioldm2_jax.models.layers import resolve_attention, use_attention
 from audioldm2_jax.models.projection import AudioLDM2ProjectionModel, ProjectionConfig
 from audioldm2_jax.models.t5 import T5Config, T5EncoderModel
 from audioldm2_jax.models.unet import AudioLDM2UNet, UNetConfig, context_dims
 from audioldm2_jax.models.vae import AutoencoderKL, VAEConfig
 from audioldm2_jax.models.vits_text import VitsTextConfig, VitsTextEncoder, mark_end_of_phonemes
 from audioldm2_jax.models.vocoder import HifiGanVocoder, VocoderConfig
-from audioldm2_jax.parallel.partitioning import DEFAULT_RULES, LogicalRules, logical_to_shardings
+from audioldm2_jax.parallel.partitioning import (
+    DEFAULT_RULES, LogicalRules, batch_axes, batch_sharding, batch_size_divisor, logical_to_shardings)
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +112,8 @@ class _Request:
 
 @dataclasses.dataclass
 class Timings:
-    """Wall time of the last call, in seconds. ``compile`` is ahead-of-time lowering + compilation of whatever
-    was not cached yet; the other entries exclude it."""
+    """Wall time of one call, in seconds. ``compile`` is ahead-of-time lowering + compilation of whatever was not
+    cached yet; the other entries exclude it."""
 
     compile: float = 0.0
     encode: float = 0.0
@@ -131,9 +126,28 @@ class Timings:
         return self.total - self.compile
 
 
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    """What :meth:`AudioLDM2Pipeline.generate` returns.
+
+    Attributes:
+      waveforms: float32 ``[B * n, samples]``; the n waveforms of prompt p are rows ``p * n .. p * n + n - 1``, best
+        CLAP match first when n > 1.
+      log_mel: float32 ``[B * n, frames, mel_bins]``, the VAE's output (the vocoder's input), same row order.
+      ranking: ``[B * n]``, the order CLAP's ranking put the rows in, as indices of the rows as sampled (None when
+        n = 1).
+      timings: wall times of the call.
+    """
+
+    waveforms: np.ndarray
+    log_mel: np.ndarray
+    ranking: np.ndarray | None
+    timings: Timings
+
+
 class NonFiniteOutputError(FloatingPointError):
     """The sampling program returned NaN or infinite values: the model diverged (a NaN weight, float16 overflow,
-    latents too large). Raised by ``AudioLDM2Pipeline.__call__`` instead of returning them.
+    latents too large). Raised by ``AudioLDM2Pipeline.generate`` / ``__call__`` instead of returning them.
 
     Attributes:
       prompts: indices (into the call's prompt list) of the prompts with at least one non-finite waveform or
@@ -141,13 +155,15 @@ class NonFiniteOutputError(FloatingPointError):
       rows: indices of the non-finite rows of ``waveforms`` (``p * n + k``).
       waveforms, log_mel: float32 ``[B * n, samples]`` and ``[B * n, frames, mel_bins]``, what the call would have
         returned, non-finite rows included (within a prompt whose waveforms are all finite, in CLAP rank order).
+      timings: wall times of the call.
     """
 
     def __init__(self, message: str, prompts: Sequence[int], rows: Sequence[int], waveforms: np.ndarray,
-                 log_mel: np.ndarray):
+                 log_mel: np.ndarray, timings: Timings | None = None):
         super().__init__(message)
         self.prompts, self.rows = tuple(int(p) for p in prompts), tuple(int(r) for r in rows)
         self.waveforms, self.log_mel = waveforms, log_mel
+        self.timings = timings or Timings()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -158,8 +174,9 @@ class NonFiniteOutputError(FloatingPointError):
 class AudioLDM2Pipeline:
     """Text (and, for the speech checkpoints, transcription) to 16 kHz audio with AudioLDM 2.
 
-    ``AudioLDM2Pipeline.from_pretrained(path_or_hub_id)`` reads a diffusers-layout checkpoint or a training export;
-    ``pipe(prompts, ...) -> float32 [B * n, samples]``. See ``__call__``.
+    ``AudioLDM2Pipeline.from_pretrained(path_or_hub_id)`` reads a diffusers-layout checkpoint (published, or
+    exported by the trainer); ``pipe(prompts, ...) -> float32 [B * n, samples]``; ``pipe.generate(prompts, ...)``
+    returns a :class:`Generation` (waveforms, log-mel, ranking, timings). See ``generate``.
 
     ``dtype`` is the compute dtype of the UNet, the VAE and the vocoder (the 200-step loop and the decoders);
     parameters stay float32 and the text side (CLAP, T5 / VITS, projection, GPT-2: once per call) computes in
@@ -177,11 +194,15 @@ class AudioLDM2Pipeline:
                  tokenizer, tokenizer_2,
                  scheduler_config: Mapping[str, Any], clap_features: ClapFeatureConfig | None = None,
                  unet_sample_size: int | None = None, dtype: Dtype = jnp.float32, mesh: jax.sharding.Mesh | None = None,
-                 rules: LogicalRules = DEFAULT_RULES, scheduler_class: str | None = None):
-        """Each model argument is ``(config, params)`` as its ``convert.load_*`` returns it (with or without the
-        ``"params"`` collection key). ``scheduler_class``: the checkpoint's diffusers scheduler class, whose sampler
-        runs by default (default: the config's ``_class_name``; DDIM when it names none)."""
+                 rules: LogicalRules = DEFAULT_RULES, scheduler_class: str | None = None, attention: str = "auto"):
+        """Each model argument is ``(config, params)``, the parameter tree as ``components.load`` returns it
+        (CLAP's may hold the text tower only). ``scheduler_class``: the checkpoint's diffusers scheduler class, whose
+        sampler runs by default (default: the config's ``_class_name``; DDIM when it names none). ``attention``: the
+        attention implementation (``models.layers.ATTENTION_IMPLEMENTATIONS``), or "auto": the one that suits the
+        platform the pipeline runs on (its mesh's devices, else the default device)."""
         self.dtype = dtype
+        self.attention = attention
+        resolve_attention(attention, "cpu")  # a bad name fails here, not at the first call
         self.unet_config, self.vae_config = unet[0], vae[0]
         self.vocoder_config, self.clap_config = vocoder[0], text_encoder[0]
         self.text_encoder_2_config, self.projection_config = text_encoder_2[0], projection_model[0]
@@ -212,10 +233,10 @@ class AudioLDM2Pipeline:
         self.seconds_per_frame = float(self.hop_length) / float(self.sampling_rate)
 
         self.mesh, self.rules = mesh, tuple(rules)
-        variables = {name: _as_variables(value[1]) for name, value in dict(
+        variables = {name: {"params": value[1]} for name, value in dict(
             unet=unet, vae=vae, vocoder=vocoder, clap=text_encoder, text_encoder_2=text_encoder_2,
             projection=projection_model, language_model=language_model).items()}
-        # A training export's CLAP is the text tower alone: no audio embeddings, so no ranking. ClapModel's setup
+        # A trained export's CLAP is the text tower alone: no audio embeddings, so no ranking. ClapModel's setup
         # still declares the two logit scales; they get their initial value (the text path never reads them).
         self.has_clap_audio = "audio_model" in variables["clap"]["params"]
         if not self.has_clap_audio:
@@ -223,10 +244,7 @@ class AudioLDM2Pipeline:
             variables["clap"] = {"params": {"logit_scale_a": scale, "logit_scale_t": scale,
                                             **variables["clap"]["params"]}}
         self.params = self._place_params(variables)
-
         self._compiled: dict[tuple, Callable] = {}
-        self.timings = Timings()
-        self.last_ranking: np.ndarray | None = None
 
     # ------------------------------------------------------------------------------------------------------------
     # Loading
@@ -234,37 +252,34 @@ class AudioLDM2Pipeline:
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, dtype: Dtype = jnp.float32,
-                        mesh: jax.sharding.Mesh | None = None, rules: LogicalRules = DEFAULT_RULES
-                        ) -> "AudioLDM2Pipeline":
-        """Reads a diffusers-layout checkpoint directory (or downloads a hub id such as ``cvssp/audioldm2``):
-        ``model_index.json`` and the folders ``unet``, ``vae``, ``vocoder``, ``text_encoder`` (CLAP),
-        ``text_encoder_2`` (T5 or VITS), ``projection_model``, ``language_model`` (GPT-2), ``tokenizer``,
-        ``tokenizer_2``, ``scheduler``, ``feature_extractor``. Tokenizers are transformers' classes named in
-        ``model_index.json``. A folder without ``model_index.json`` that holds the trainer's component folders (a
-        training export, or the workdir above it) is read by :meth:`from_training_export`. Raises
-        ``CheckpointError`` naming the missing or inconsistent piece."""
+                        mesh: jax.sharding.Mesh | None = None, rules: LogicalRules = DEFAULT_RULES,
+                        attention: str = "auto") -> "AudioLDM2Pipeline":
+        """Reads a diffusers-layout pipeline folder: a local directory, a hub id such as ``cvssp/audioldm2``, the
+        ``export/`` folder the trainer writes, or a training workdir holding one. It has ``model_index.json`` and
+        the folders ``unet``, ``vae``, ``vocoder``, ``text_encoder`` (CLAP), ``text_encoder_2`` (T5 or VITS),
+        ``projection_model``, ``language_model`` (GPT-2), ``tokenizer``, ``tokenizer_2``, ``scheduler`` and
+        optionally ``feature_extractor``; each network is read through its :mod:`audioldm2_jax.components` entry.
+        Tokenizers are transformers' classes named in ``model_index.json``. ``dtype``, ``mesh``, ``rules`` and
+        ``attention``: see the constructor. Raises ``CheckpointError`` naming the missing or inconsistent piece.
+
+        A CLAP with the text tower only (what the trainer exports: it never trains the audio branch) gives a
+        pipeline without CLAP ranking: more than one waveform per prompt is then an error."""
         root = resolve_checkpoint(path_or_hub_id)
+        if not (root / "model_index.json").is_file() and (root / "export").is_dir():
+            root = root / "export"  # a training workdir
         index_path = root / "model_index.json"
         if not index_path.is_file():
-            export = training_export_folder(root)
-            if export is not None:
-                return cls.from_training_export(export, dtype=dtype, mesh=mesh, rules=rules)
-            raise CheckpointError(f"{root} has no model_index.json: not a diffusers-layout pipeline checkpoint (nor a "
-                                  "training export: no component folders with component.json)")
+            present = [c.folder for c in components.COMPONENTS.values() if (root / c.folder / "config.json").is_file()]
+            hint = (f" (it holds {', '.join(present)}: a training stage's export becomes a whole pipeline once every "
+                    "network is in it, at the joint stage)" if present else "")
+            raise CheckpointError(f"{root} has no model_index.json: not a diffusers-layout pipeline checkpoint{hint}")
         index = json.loads(index_path.read_text())
         for folder in ("unet", "vae", "vocoder", "text_encoder", "text_encoder_2", "projection_model",
                        "language_model", "tokenizer", "tokenizer_2", "scheduler"):
             if not (root / folder).is_dir():
                 raise CheckpointError(f"{root}: missing component folder {folder}/")
-
-        te2_type = read_config(root / "text_encoder_2").get("model_type")
-        if te2_type == "vits":
-            text_encoder_2 = load_vits_text(root / "text_encoder_2")
-        elif te2_type in ("t5", "mt5", "umt5", None):
-            text_encoder_2 = load_t5(root / "text_encoder_2")
-        else:
-            raise CheckpointError(f"{root / 'text_encoder_2' / 'config.json'}: model_type={te2_type!r}; expected "
-                                  "'t5' (text-to-audio / music) or 'vits' (speech)")
+        pair = {name: components.load(name, root)[:2]  # (config, params)
+                for name in components.PIPELINE_COMPONENTS + (components.text_encoder_2_name(root),)}
 
         scheduler_path = root / "scheduler" / "scheduler_config.json"
         if not scheduler_path.is_file():
@@ -277,76 +292,13 @@ class AudioLDM2Pipeline:
             raise CheckpointError(f"{feature_path}: {err}") from err
 
         return cls(
-            unet=load_unet(root / "unet"), vae=load_vae(root / "vae"), vocoder=load_vocoder(root / "vocoder"),
-            text_encoder=load_clap(root / "text_encoder"), text_encoder_2=text_encoder_2,
-            projection_model=load_projection(root / "projection_model"),
-            language_model=load_gpt2(root / "language_model"),
-            tokenizer=_load_tokenizer(root, "tokenizer", index),
+            unet=pair["unet"], vae=pair["vae"], vocoder=pair["vocoder"], text_encoder=pair["clap"],
+            text_encoder_2=pair.get("vits") or pair["t5"], projection_model=pair["projection"],
+            language_model=pair["gpt2"], tokenizer=_load_tokenizer(root, "tokenizer", index),
             tokenizer_2=_load_tokenizer(root, "tokenizer_2", index),
             scheduler_config=_read_scheduler_config(scheduler_path), clap_features=clap_features,
-            unet_sample_size=read_config(root / "unet").get("sample_size"), dtype=dtype, mesh=mesh, rules=rules,
-            scheduler_class=_index_class(index, "scheduler"))
-
-    @classmethod
-    def from_training_export(cls, export: str | os.PathLike, dtype: Dtype = jnp.float32,
-                             mesh: jax.sharding.Mesh | None = None, rules: LogicalRules = DEFAULT_RULES
-                             ) -> "AudioLDM2Pipeline":
-        """Reads what the trainer exports (``<workdir>/export``, see ``audioldm2_jax.train.export``): component
-        folders (``component.json`` + ``params.safetensors``) ``unet``, ``vae``, ``vocoder``, ``gpt2`` (the
-        language model), ``projection``, ``clap`` and the second text encoder: ``t5``, or ``vits`` for a speech
-        model; the tokenizer folders ``tokenizer`` (CLAP) and ``tokenizer_2`` (T5, or the VITS phoneme tokenizer),
-        and ``scheduler/scheduler_config.json``. ``export`` may also be the workdir. Raises ``CheckpointError``
-        naming the missing piece.
-
-        The trainer keeps CLAP's text tower only (it never trains or runs the audio branch), so the pipeline has
-        no CLAP audio embeddings: asking for more than one waveform per prompt (ranked by CLAP) is an error.
-        The VAE's ``scaling_factor`` is the latent scale the UNet was trained with (the LDM stage's), and the
-        default duration is the training clip length (the workdir's ``config.json``, else AudioMAE's input)."""
-        from audioldm2_jax.train import components as comp
-
-        root = Path(export)
-        found = training_export_folder(root) if root.is_dir() else None
-        if found is None:
-            raise CheckpointError(f"{root}: not a training export (expected component folders with "
-                                  f"{comp.META_FILE}, or a workdir with export/)")
-        root = found
-        text_encoder_2 = "vits" if (root / "vits" / comp.META_FILE).is_file() else "t5"
-        loaded = {}
-        for name, role in {**EXPORT_COMPONENTS, text_encoder_2: TEXT_ENCODER_2_ROLES[text_encoder_2]}.items():
-            folder = root / name
-            if not (folder / comp.META_FILE).is_file() or not (folder / comp.PARAMS_FILE).is_file():
-                raise CheckpointError(f"{root}: missing component folder {name}/ ({comp.META_FILE} + "
-                                      f"{comp.PARAMS_FILE}), the pipeline's {role}")
-            try:
-                loaded[name] = comp.load_component(name, folder)
-            except (ValueError, KeyError, OSError) as err:
-                raise CheckpointError(f"{folder}: cannot load the {role}: {err}") from err
-            try:
-                comp.check_params_match(name, loaded[name][0], loaded[name][1])
-            except ValueError as err:
-                raise CheckpointError(f"{folder}: {err}") from err
-        for folder in ("tokenizer", "tokenizer_2"):
-            if not (root / folder).is_dir():
-                raise CheckpointError(f"{root}: missing tokenizer folder {folder}/ (the "
-                                      f"{'CLAP' if folder == 'tokenizer' else text_encoder_2.upper()} tokenizer)")
-        scheduler_path = root / "scheduler" / "scheduler_config.json"
-        if not scheduler_path.is_file():
-            raise CheckpointError(f"{root}: missing {scheduler_path.relative_to(root)}")
-
-        vae_config, vae_params, vae_extra = loaded["vae"]
-        if "latent_scale" in vae_extra:  # the LDM stage's scale; the exported config carries it too
-            vae_config = dataclasses.replace(vae_config, scaling_factor=float(vae_extra["latent_scale"]))
-        clap_config, clap_params, _ = loaded["clap"]
-        pair = lambda name: loaded[name][:2]  # noqa: E731
-        return cls(
-            unet=pair("unet"), vae=(vae_config, vae_params), vocoder=pair("vocoder"),
-            text_encoder=(clap_config, dict(clap_params)), text_encoder_2=pair(text_encoder_2),
-            projection_model=pair("projection"), language_model=pair("gpt2"),
-            tokenizer=_export_tokenizer(root, "tokenizer", "clap_max_length"),
-            tokenizer_2=_export_tokenizer(root, "tokenizer_2", f"{text_encoder_2}_max_length"),
-            scheduler_config=_read_scheduler_config(scheduler_path),
-            unet_sample_size=_export_sample_size(root, vae_config.downsample_factor, loaded["vocoder"][0]),
-            dtype=dtype, mesh=mesh, rules=rules)
+            unet_sample_size=pair["unet"][0].sample_size, dtype=dtype, mesh=mesh, rules=rules,
+            scheduler_class=_index_class(index, "scheduler"), attention=attention)
 
     def on_mesh(self, mesh: jax.sharding.Mesh | None, rules: LogicalRules = DEFAULT_RULES) -> "AudioLDM2Pipeline":
         """The same pipeline (shared configs, tokenizers and weights) with its parameters placed over ``mesh``
@@ -356,8 +308,6 @@ class AudioLDM2Pipeline:
         other.mesh, other.rules = mesh, tuple(rules)
         other.params = other._place_params(self.params)
         other._compiled = {}
-        other.timings = Timings()
-        other.last_ranking = None
         return other
 
     def _check_components(self):
@@ -392,16 +342,15 @@ class AudioLDM2Pipeline:
         """Device arrays: on the default device, or sharded over ``self.mesh`` by logical axis names."""
         if self.mesh is None:
             return jax.device_put(variables)
-        abstract = dict(
-            unet={"params": unet_param_shapes(self.unet_config)},
-            vae={"params": vae_param_shapes(self.vae_config)},
-            vocoder={"params": vocoder_param_shapes(self.vocoder_config)},
-            clap=clap_abstract_params(self.clap_config),
-            text_encoder_2=(vits_abstract_params(self.text_encoder_2_config) if self.is_speech
-                            else {"params": t5_param_shapes(self.text_encoder_2_config)}),
-            projection={"params": projection_param_shapes(self.projection_config)},
-            language_model={"params": gpt2_param_shapes(self.language_model_config)})
-        abstract["clap"] = _prune_like(abstract["clap"], variables["clap"])  # text tower only (training exports)
+        configs = dict(unet=("unet", self.unet_config), vae=("vae", self.vae_config),
+                       vocoder=("vocoder", self.vocoder_config),
+                       text_encoder_2=("vits" if self.is_speech else "t5", self.text_encoder_2_config),
+                       projection=("projection", self.projection_config),
+                       language_model=("gpt2", self.language_model_config))
+        abstract = {key: {"params": components.get(name).abstract_params(config)}
+                    for key, (name, config) in configs.items()}
+        # the text tower alone in a trained export
+        abstract["clap"] = _prune_like(clap_convert.abstract_params(self.clap_config), variables["clap"])
         with nn.logical_axis_rules(self.rules):
             shardings = {name: logical_to_shardings(abstract[name], self.mesh, self.rules) for name in variables}
         # One device_put for the whole tree, from host arrays: JAX then copies each shard straight to its device
@@ -420,6 +369,8 @@ class AudioLDM2Pipeline:
     def default_duration_s(self) -> float:
         """The UNet's ``sample_size`` latent frames (10.24 s for the published checkpoints)."""
         size = self.unet_sample_size or 256
+        if isinstance(size, (tuple, list)):  # (latent frames, latent width) of a non-square sample_size
+            size = size[0]
         return size * self.vae_scale_factor * self.seconds_per_frame
 
     def frames_for(self, duration_s: float) -> int:
@@ -447,13 +398,12 @@ class AudioLDM2Pipeline:
     # The call
     # ------------------------------------------------------------------------------------------------------------
 
-    def __call__(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None,
+    def generate(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None,
                  transcription: str | Sequence[str] | None = None, audio_length_in_s: float | None = None,
                  num_inference_steps: int = 200, guidance_scale: float = 3.5, num_waveforms_per_prompt: int = 1,
                  scheduler: str | None = None, eta: float = 0.0, seed: int | Sequence[int] = 0,
-                 latents: np.ndarray | None = None, max_new_tokens: int | None = None,
-                 return_mel: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """Generates ``num_waveforms_per_prompt`` waveforms per prompt.
+                 latents: np.ndarray | None = None, max_new_tokens: int | None = None) -> Generation:
+        """Generates ``num_waveforms_per_prompt`` waveforms per prompt: validate -> encode -> sample -> rank.
 
         Args:
           prompt: one text or a list of B texts.
@@ -472,13 +422,12 @@ class AudioLDM2Pipeline:
           latents: initial noise in the reference's layout ``[B * n, C, T/f, mel_bins/f]`` (rows grouped by
             prompt); drawn from the seeds when None.
           max_new_tokens: LOA length (the language model config's ``max_new_tokens`` when None).
-          return_mel: also return the log-mel spectrograms the VAE decoded (the vocoder's input).
 
         Returns:
-          float32 ``[B * n, samples]`` at ``self.sampling_rate``; the n waveforms of prompt p are rows
-          ``p * n .. p * n + n - 1``, best CLAP match first when n > 1. With ``return_mel``, the pair
-          ``(waveforms, log_mel)``, ``log_mel`` float32 ``[B * n, frames, mel_bins]`` in the same row order (frames
-          of the rounded-up duration: 100 per second).
+          a :class:`Generation`: waveforms float32 ``[B * n, samples]`` at ``self.sampling_rate`` (the n waveforms of
+          prompt p are rows ``p * n .. p * n + n - 1``, best CLAP match first when n > 1), the log-mel spectrograms
+          the VAE decoded ``[B * n, frames, mel_bins]`` in the same row order (frames of the rounded-up duration:
+          100 per second), the ranking and the wall times.
 
         Raises:
           ValueError: a bad argument, before anything is compiled or run.
@@ -486,23 +435,36 @@ class AudioLDM2Pipeline:
             carries the outputs, so that a batch job can keep the other prompts' waveforms.
         """
         start = time.perf_counter()
-        self.timings = Timings()
+        timings = Timings()
         request = self._validate(prompt, negative_prompt, transcription, audio_length_in_s, num_inference_steps,
                                  guidance_scale, num_waveforms_per_prompt, scheduler, eta, seed, latents,
                                  max_new_tokens)
-        text_embeds, loa, context_1, mask_1 = self._encode(request)
-        waveforms, log_mel = self._sample(request, loa, context_1, mask_1)
+        text_embeds, conditioning = self._encode(request, timings)
+        waveforms, log_mel = self._sample(request, conditioning, timings)
         bad_mel = ~np.isfinite(log_mel).reshape(log_mel.shape[0], -1).all(axis=1)
         bad = bad_mel | ~np.isfinite(waveforms).all(axis=1)
+        order = None
         if request.num_waveforms > 1:
             # A diverged row is ranked as silence: CLAP's features of the others stay finite (the rows of a prompt
             # with a diverged waveform are not returned anyway).
-            order = self._rank(request, text_embeds, np.where(bad[:, None], np.float32(0), waveforms))
+            order = self._rank(request, text_embeds, np.where(bad[:, None], np.float32(0), waveforms), timings)
             waveforms, log_mel, bad, bad_mel = waveforms[order], log_mel[order], bad[order], bad_mel[order]
-        self.timings.total = time.perf_counter() - start
+        timings.total = time.perf_counter() - start
         if bad.any():
-            raise _non_finite_error(request, bad, bad_mel, waveforms, log_mel)
-        return (waveforms, log_mel) if return_mel else waveforms
+            raise _non_finite_error(request, bad, bad_mel, waveforms, log_mel, timings)
+        return Generation(waveforms=waveforms, log_mel=log_mel, ranking=order, timings=timings)
+
+    def __call__(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None,
+                 transcription: str | Sequence[str] | None = None, audio_length_in_s: float | None = None,
+                 num_inference_steps: int = 200, guidance_scale: float = 3.5, num_waveforms_per_prompt: int = 1,
+                 scheduler: str | None = None, eta: float = 0.0, seed: int | Sequence[int] = 0,
+                 latents: np.ndarray | None = None, max_new_tokens: int | None = None,
+                 return_mel: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """:meth:`generate`'s waveforms ``[B * n, samples]`` (with ``return_mel``, the pair ``(waveforms,
+        log_mel)``); same arguments and errors."""
+        out = self.generate(prompt, negative_prompt, transcription, audio_length_in_s, num_inference_steps,
+                            guidance_scale, num_waveforms_per_prompt, scheduler, eta, seed, latents, max_new_tokens)
+        return (out.waveforms, out.log_mel) if return_mel else out.waveforms
 
     def _validate(self, prompt, negative_prompt, transcription, audio_length_in_s, num_inference_steps,
                   guidance_scale, num_waveforms_per_prompt, scheduler, eta, seed, latents, max_new_tokens
@@ -663,10 +625,11 @@ class AudioLDM2Pipeline:
         return out
 
     def _encode_fn(self, num_negative: int, max_new_tokens: int):
-        """The compiled text side: ``(params, clap_ids, clap_mask, ids_2, mask_2) -> (text_embeds [R, P],
-        context_1 [R, L, D1], mask_1 [R, L], loa [R, N, D])``."""
+        """The compiled text side: ``(params, clap_ids, clap_mask, ids_2, mask_2) -> (text_embeds [B, P] of the
+        prompts, (loa [R, N, D], context_1 [R, Lc, D1] | None, mask_1 [R, Lc] | None))``, the T5 stream zero-padded
+        to the UNet's fixed context length Lc (None when the UNet attends to the LOA stream only: speech)."""
         clap, te2, projection, lm = self.clap, self.text_encoder_2, self.projection, self.language_model
-        speech = self.is_speech
+        speech, unet_reads_context = self.is_speech, self.context_dims[1] is not None
 
         def encode(params, clap_ids, clap_mask, ids_2, mask_2):
             text = clap.apply(params["clap"], clap_ids, clap_mask, method=ClapModel.get_text_features)
@@ -682,37 +645,30 @@ class AudioLDM2Pipeline:
             ones = jnp.ones((text.shape[0], 1), mask.dtype)  # CLAP's single pooled token is always attended
             prompt, prompt_mask = projection.apply(params["projection"], text[:, None, :], hidden, ones, mask)
             loa = generate_loa(lm, params["language_model"]["params"], prompt, prompt_mask, max_new_tokens)
-            return text, hidden, mask, loa
+            if not unet_reads_context:
+                return text[num_negative:], (loa, None, None)
+            pad = self._unet_context_length(hidden.shape[1]) - hidden.shape[1]
+            context = jnp.pad(hidden.astype(jnp.float32), ((0, 0), (0, pad), (0, 0)))
+            return text[num_negative:], (loa, context, jnp.pad(mask.astype(jnp.int32), ((0, 0), (0, pad))))
 
         return encode
 
-    def _encode(self, request: _Request):
-        """Runs the text side once per prompt (and negative prompt); returns host arrays ``(text_embeds [B, P],
-        loa [R * n, N, D], context_1 [R * n, Lc, D1] | None, mask_1 [R * n, Lc] | None)`` with every row repeated
-        for its n waveforms and the T5 stream zero-padded to the UNet's fixed context length."""
+    def _encode(self, request: _Request, timings: Timings) -> tuple[np.ndarray, tuple]:
+        """Runs the text side once per prompt (and negative prompt): the prompts' CLAP text embeddings ``[B, P]``
+        (host, for ranking) and the conditioning the sampling program reads, device arrays of R rows (see
+        ``_encode_fn``)."""
         tokens = request.tokens
         num_negative = len(request.prompts) if request.cfg else 0
         fn = self._encode_fn(num_negative, request.max_new_tokens)
         args = (self.params, tokens["clap_ids"], tokens["clap_mask"], tokens["ids_2"], tokens["mask_2"])
         key = ("encode", num_negative, request.max_new_tokens) + tuple(tokens[k].shape for k in sorted(tokens))
-        batch = tokens["clap_ids"].shape[0]
-        start, compile_before = time.perf_counter(), self.timings.compile
-        with self._mesh_context(batch) as put:
+        start, compile_before = time.perf_counter(), timings.compile
+        with self._mesh_context(tokens["clap_ids"].shape[0]) as put:
             args = (args[0],) + tuple(put(a) for a in args[1:])
-            compiled = self._compile(key, fn, args)
-            text, hidden, mask, loa = jax.device_get(compiled(*args))
-        self.timings.encode += time.perf_counter() - start - (self.timings.compile - compile_before)
-
-        n = request.num_waveforms
-        repeat = lambda x: np.repeat(np.asarray(x), n, axis=0)  # rows p*n .. p*n+n-1 belong to prompt p
-        text_embeds = np.asarray(text)[num_negative:]
-        if self.context_dims[1] is None:  # the UNet attends to the LOA stream only (speech checkpoints)
-            return text_embeds, repeat(loa), None, None
-        length = self._unet_context_length(hidden.shape[1])
-        pad = length - hidden.shape[1]
-        hidden = np.pad(np.asarray(hidden, np.float32), ((0, 0), (0, pad), (0, 0)))
-        mask = np.pad(np.asarray(mask, np.int32), ((0, 0), (0, pad)))
-        return text_embeds, repeat(loa), repeat(hidden), repeat(mask)
+            compiled = self._compile(key, fn, args, timings)
+            text_embeds, conditioning = jax.block_until_ready(compiled(*args))
+        timings.encode += time.perf_counter() - start - (timings.compile - compile_before)
+        return np.asarray(jax.device_get(text_embeds)), conditioning
 
     # ------------------------------------------------------------------------------------------------------------
     # Sampling, decoding
@@ -736,14 +692,16 @@ class AudioLDM2Pipeline:
         compiled = self._compile(("noise", len(seeds)) + shape, draw, (seeds, index))
         return np.asarray(compiled(seeds, index))
 
-    def _sample_fn(self, sampler: Sampler, cfg: bool, num_samples: int):
+    def _sample_fn(self, sampler: Sampler, cfg: bool, num_samples: int, num_waveforms: int):
         """The compiled loop: ``(params, latents [Bn, T/f, W, C], loop_seed, loa [R, N, D], context_1 [R, L, D1],
-        mask_1 [R, L], guidance) -> (waveforms [Bn, num_samples], log-mel [Bn, T, mel_bins])``; R = 2 Bn with
-        guidance (``[uncond; cond]``), else Bn."""
+        mask_1 [R, L], guidance) -> (waveforms [Bn, num_samples], log-mel [Bn, T, mel_bins])``; R = 2B with
+        guidance (``[uncond; cond]``), else B: each conditioning row is repeated for its ``num_waveforms``."""
         unet, vae, vocoder = self.unet, self.vae, self.vocoder
         scaling = float(self.vae_config.scaling_factor)
 
         def run(params, latents, loop_seed, loa, context_1, mask_1, guidance):
+            loa, context_1, mask_1 = (None if c is None else jnp.repeat(c, num_waveforms, axis=0)
+                                      for c in (loa, context_1, mask_1))  # rows p*n .. p*n+n-1: prompt p
             x = latents.astype(jnp.float32) * sampler.init_noise_sigma
 
             def denoise(x, t):
@@ -761,37 +719,36 @@ class AudioLDM2Pipeline:
 
         return run
 
-    def _sample(self, request: _Request, loa, context_1, mask_1) -> tuple[np.ndarray, np.ndarray]:
-        start = time.perf_counter()
-        compile_before = self.timings.compile
+    def _sample(self, request: _Request, conditioning: tuple, timings: Timings) -> tuple[np.ndarray, np.ndarray]:
+        start, compile_before = time.perf_counter(), timings.compile
         latents = request.latents
         if latents is None:
             latents = self.initial_latents(request.seeds, request.num_waveforms, request.frames)
-        fn = self._sample_fn(request.sampler, request.cfg, request.num_samples)
+        fn = self._sample_fn(request.sampler, request.cfg, request.num_samples, request.num_waveforms)
         # DDIM's eta noise (if any) comes from the first prompt's seed, on a stream apart from the latents'.
         loop_seed = np.uint32((request.seeds[0] + 0x9E3779B9) % 2 ** 32)
-        ctx_shape = None if context_1 is None else context_1.shape
         key = ("sample", request.batch, request.frames, request.sampler_key, request.cfg, request.num_samples,
-               ctx_shape, loa.shape)
+               request.num_waveforms) + tuple(None if c is None else c.shape for c in conditioning)
         with self._mesh_context(request.batch) as put:
-            args = (self.params, put(latents), put(loop_seed, batched=False), put(loa), put(context_1), put(mask_1),
+            args = (self.params, put(latents), put(loop_seed, batched=False), *(put(c) for c in conditioning),
                     put(np.float32(request.guidance_scale), batched=False))
-            compiled = self._compile(key, fn, args)
+            compiled = self._compile(key, fn, args, timings)
             waveforms, log_mel = (np.asarray(x, np.float32) for x in jax.device_get(compiled(*args)))
-        self.timings.sample += time.perf_counter() - start - (self.timings.compile - compile_before)
+        timings.sample += time.perf_counter() - start - (timings.compile - compile_before)
         return waveforms, log_mel
 
     # ------------------------------------------------------------------------------------------------------------
     # Ranking
     # ------------------------------------------------------------------------------------------------------------
 
-    def clap_audio_embeddings(self, waveforms: np.ndarray, seed: int = 0) -> np.ndarray:
+    def clap_audio_embeddings(self, waveforms: np.ndarray, seed: int = 0, timings: Timings | None = None
+                              ) -> np.ndarray:
         """L2-normalised CLAP audio embeddings ``[B, P]`` of waveforms ``[B, N]`` at ``self.sampling_rate``
         (resampled to CLAP's rate, then the feature extractor's mel views: 1 for ``rand_trunc``, 4 for ``fusion``;
         the extractor's random choices, crops of clips longer than its window, are drawn from ``seed``)."""
         if not self.has_clap_audio:
             raise ValueError("CLAP audio embeddings need CLAP's audio branch; this checkpoint's CLAP has the text "
-                             "tower only (a training export)")
+                             "tower only (a trained export)")
         cfg = self.clap_features
         audio = resample_for_clap(np.asarray(waveforms, np.float32), self.sampling_rate, cfg.sampling_rate)
         features, is_longer = clap_audio_inputs(audio, cfg, rng=np.random.RandomState(seed))  # [B, V, T, F], [B]
@@ -804,58 +761,62 @@ class AudioLDM2Pipeline:
 
         with self._mesh_context(features.shape[0]) as put:
             args = (self.params, put(features), put(is_longer))
-            compiled = self._compile(("clap_audio", is_longer is not None) + features.shape, embed, args)
+            compiled = self._compile(("clap_audio", is_longer is not None) + features.shape, embed, args, timings)
             return np.asarray(jax.device_get(compiled(*args)))
 
-    def _rank(self, request: _Request, text_embeds: np.ndarray, waveforms: np.ndarray) -> np.ndarray:
+    def _rank(self, request: _Request, text_embeds: np.ndarray, waveforms: np.ndarray, timings: Timings
+              ) -> np.ndarray:
         """The row order that puts, within each prompt's waveforms, the best CLAP match to that prompt first (the
         reference compares every waveform with every prompt and can hand one prompt another's audio; here a prompt
         only ranks its own)."""
-        start, compile_before = time.perf_counter(), self.timings.compile
-        audio_embeds = self.clap_audio_embeddings(waveforms, request.seeds[0])
+        start, compile_before = time.perf_counter(), timings.compile
+        audio_embeds = self.clap_audio_embeddings(waveforms, request.seeds[0], timings)
         order = np.asarray(rank_waveforms(own_prompt_scores(jnp.asarray(text_embeds), jnp.asarray(audio_embeds))))
-        self.last_ranking = order
-        self.timings.rank += time.perf_counter() - start - (self.timings.compile - compile_before)
+        timings.rank += time.perf_counter() - start - (timings.compile - compile_before)
         return order
 
     # ------------------------------------------------------------------------------------------------------------
     # Compilation and placement
     # ------------------------------------------------------------------------------------------------------------
 
-    def _compile(self, key: tuple, fn: Callable, args: tuple) -> Callable:
-        """``jax.jit(fn)`` lowered and compiled (:func:`~audioldm2_jax.compilation.compile_lowered`) for ``args`` once
-        per ``key``; the compile time is recorded apart."""
+    def _compile(self, key: tuple, fn: Callable, args: tuple, timings: Timings | None = None) -> Callable:
+        """``jax.jit(fn)`` lowered (with the attention implementation of the target platform) and compiled
+        (:func:`~audioldm2_jax.compilation.compile_lowered`) for ``args`` once per ``key``; the compile time is added
+        to ``timings``."""
         if key not in self._compiled:
             start = time.perf_counter()
-            self._compiled[key] = compile_lowered(jax.jit(fn).lower(*args))
+            platform = (self.mesh.devices.flat[0] if self.mesh is not None else jax.devices()[0]).platform
+            with use_attention(resolve_attention(self.attention, platform)):
+                lowered = jax.jit(fn).lower(*args)
+            self._compiled[key] = compile_lowered(lowered, platform=platform)
             seconds = time.perf_counter() - start
-            self.timings.compile += seconds
+            if timings is not None:
+                timings.compile += seconds
             logger.info("compiled %s in %.1f s", key[0], seconds)
         return self._compiled[key]
 
     @contextlib.contextmanager
     def _mesh_context(self, batch: int):
-        """Yields ``put(array, batched=True)``, which places an input: on the default device without a mesh; under
-        a mesh split over the batch axes when they divide ``batch`` (replicated otherwise). Traces and runs inside
-        the mesh and the logical-axis rules."""
+        """Yields ``put(array, batched=True)``, which places an input (host or device array): on the default device
+        without a mesh; under a mesh split over the batch axes when they divide ``batch`` and the array's leading
+        dimension (replicated otherwise). Traces and runs inside the mesh and the logical-axis rules."""
         if self.mesh is None:
             yield lambda x, batched=True: None if x is None else jnp.asarray(x)
             return
-        axes = _batch_mesh_axes(self.rules, self.mesh)
-        size = int(np.prod([self.mesh.shape[a] for a in axes])) if axes else 1
-        rules = self.rules
-        if size > 1 and batch % size:
+        rules, size = self.rules, batch_size_divisor(self.rules, self.mesh)
+        if batch % size:
             logger.warning("batch %d does not divide over the mesh's batch axes %s (size %d): replicating it; use a "
-                           "batch that is a multiple of %d to split it", batch, axes, size, size)
+                           "batch that is a multiple of %d to split it", batch, batch_axes(rules, self.mesh), size,
+                           size)
             rules = tuple((name, None if name == "act_batch" else target) for name, target in self.rules)
-            axes = ()
-        split = NamedSharding(self.mesh, PartitionSpec(axes if axes else None))
-        whole = NamedSharding(self.mesh, PartitionSpec())
+            size = 1
+        split, whole = batch_sharding(self.mesh, rules), NamedSharding(self.mesh, PartitionSpec())
 
         def put(x, batched=True):
             if x is None:
                 return None
-            return jax.device_put(np.asarray(x), split if batched else whole)
+            x = x if isinstance(x, jax.Array) else np.asarray(x)
+            return jax.device_put(x, split if batched and x.shape[0] % size == 0 else whole)
 
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(rules):
             yield put
@@ -866,11 +827,6 @@ class AudioLDM2Pipeline:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _as_variables(params: dict) -> dict:
-    """``{"params": tree}`` whether a loader returned the tree or the variables dict."""
-    return params if set(params) == {"params"} else {"params": params}
-
-
 def _prune_like(tree, like):
     """The subtrees of ``tree`` whose keys ``like`` has (``like`` may hold fewer branches)."""
     if not hasattr(like, "items") or not hasattr(tree, "items"):
@@ -879,7 +835,7 @@ def _prune_like(tree, like):
 
 
 def _non_finite_error(request: _Request, bad: np.ndarray, bad_mel: np.ndarray, waveforms: np.ndarray,
-                      log_mel: np.ndarray) -> NonFiniteOutputError:
+                      log_mel: np.ndarray, timings: Timings) -> NonFiniteOutputError:
     """The error for output rows ``bad [B * n]`` (bool) that hold NaN / inf (``bad_mel``: already in the log-mel),
     naming each prompt, its rows and the stage that diverged."""
     n = request.num_waveforms
@@ -898,7 +854,7 @@ def _non_finite_error(request: _Request, bad: np.ndarray, bad_mel: np.ndarray, w
                f"{len(request.prompts)} prompt(s), {len(rows)} of {len(bad)} waveform(s): {'; '.join(parts)}. The "
                "model diverged; usual causes: a NaN weight in the checkpoint, float16 overflow (use float32 or "
                "bfloat16), initial latents far from N(0, 1)")
-    return NonFiniteOutputError(message, prompts, rows, waveforms, log_mel)
+    return NonFiniteOutputError(message, prompts, rows, waveforms, log_mel, timings)
 
 
 def _as_texts(value, name: str) -> tuple[str, ...]:
@@ -916,67 +872,6 @@ def _broadcast_texts(value, count: int, name: str) -> tuple[str, ...]:
     if len(texts) != count:
         raise ValueError(f"{name}: {len(texts)} entries for {count} prompts; give one text or one per prompt")
     return texts
-
-
-def _batch_mesh_axes(rules: LogicalRules, mesh) -> tuple[str, ...]:
-    """The mesh axes the rules map ``act_batch`` to (those present in ``mesh``)."""
-    for name, target in rules:
-        if name == "act_batch":
-            targets = (target,) if isinstance(target, str) else tuple(target or ())
-            return tuple(a for a in targets if a in mesh.shape)
-    return ()
-
-
-# Component folders of a training export -> what each is in the pipeline.
-EXPORT_COMPONENTS = {"unet": "UNet", "vae": "VAE", "vocoder": "vocoder", "gpt2": "language model (GPT-2)",
-                     "projection": "projection model", "clap": "text_encoder (CLAP)"}
-# the second text encoder of a training export: T5, or the VITS phoneme encoder of the speech models
-TEXT_ENCODER_2_ROLES = {"t5": "text_encoder_2 (T5)", "vits": "text_encoder_2 (VITS phoneme encoder)"}
-
-
-def training_export_folder(path: str | os.PathLike) -> Path | None:
-    """The training export in ``path`` (``path`` itself or ``path/export``): a folder holding at least one
-    component folder written by the trainer (``<name>/component.json``); None when there is none."""
-    path = Path(path)
-    for candidate in (path, path / "export"):
-        if candidate.is_dir() and any((candidate / name / "component.json").is_file()
-                                      for name in EXPORT_COMPONENTS):
-            return candidate
-    return None
-
-
-def _export_tokenizer(export: Path, folder: str, length_key: str):
-    """A tokenizer of a training export. One trained on the spot (``audioldm2_jax.train.text``) may have no
-    ``model_max_length`` (transformers' huge sentinel, which its fast tokenizers cannot truncate at): it gets the
-    length training used (the workdir's ``text.<length_key>``, e.g. ``text.t5_max_length``), else 512."""
-    tokenizer = _load_tokenizer(export, folder, {})
-    if int(tokenizer.model_max_length) > _MAX_REAL_TOKENIZER_LENGTH:
-        length = 512
-        config_path = export.parent / "config.json"
-        if config_path.is_file():
-            try:
-                length = int(json.loads(config_path.read_text()).get("text", {}).get(length_key) or length)
-            except (ValueError, TypeError):
-                pass
-        tokenizer.model_max_length = length
-    return tokenizer
-
-
-def _export_sample_size(export: Path, vae_factor: int, vocoder_config: VocoderConfig) -> int | None:
-    """Latent frames of the clips the export was trained on: ``data.clip_seconds`` of the workdir's config.json,
-    else AudioMAE's ``input_frames`` (the quickstart trains it on whole clips); None when neither is there."""
-    frames = None
-    config_path = export.parent / "config.json"
-    try:
-        if config_path.is_file():
-            seconds = json.loads(config_path.read_text()).get("data", {}).get("clip_seconds")
-            if seconds:
-                frames = int(round(float(seconds) * vocoder_config.sampling_rate / vocoder_config.hop_length))
-        if frames is None and (export / "audiomae" / "component.json").is_file():
-            frames = int(json.loads((export / "audiomae" / "component.json").read_text())["config"]["input_frames"])
-    except (ValueError, KeyError, TypeError):
-        frames = None
-    return None if not frames else max(1, frames // vae_factor)
 
 
 def _index_class(index: Mapping[str, Any], component: str) -> str | None:
@@ -1008,154 +903,3 @@ def _load_tokenizer(root: Path, folder: str, index: Mapping[str, Any]):
         return getattr(transformers, name).from_pretrained(str(root / folder))
     except Exception as err:  # transformers' own message names the missing file
         raise CheckpointError(f"cannot load {name} from {root / folder}: {err}") from err
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Batch jobs (sample.py): prompts in, one WAV + spectrogram PNG + settings JSON per clip out
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Clip:
-    """One prompt of a batch job; ``name`` is the output file stem."""
-
-    prompt: str
-    name: str
-    transcription: str | None = None
-
-
-def read_prompts(prompts: Sequence[str] = (), prompts_file: str | os.PathLike | None = None) -> list[Clip]:
-    """Prompts from the command line, then from a file with one prompt per line as ``prompt`` or ``prompt|name``
-    (``prompt|name|transcription`` for speech); blank lines and lines starting with ``#`` are skipped. Names
-    default to ``NNNN_first-words``; they are made file-safe and unique."""
-    entries: list[tuple[str, str | None, str | None]] = [(p, None, None) for p in prompts]
-    if prompts_file is not None:
-        path = Path(prompts_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"prompts file {path} does not exist")
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            fields = [f.strip() for f in line.split("|")]
-            if len(fields) > 3 or not fields[0]:
-                raise ValueError(f"{path}:{number}: expected 'prompt', 'prompt|name' or 'prompt|name|transcription'")
-            fields += [None] * (3 - len(fields))
-            entries.append((fields[0], fields[1] or None, fields[2] or None))
-    if not entries:
-        raise ValueError("no prompts: pass --prompt (repeatable) or --prompts-file")
-    clips, used = [], set()
-    for i, (prompt, name, transcription) in enumerate(entries):
-        stem = _file_safe(name) if name else f"{i:04d}_{_file_safe(prompt)[:40]}"
-        unique, k = stem, 1
-        while unique in used:
-            unique, k = f"{stem}_{k}", k + 1
-        used.add(unique)
-        clips.append(Clip(prompt, unique, transcription))
-    return clips
-
-
-def _file_safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "-", text.strip()).strip("-").lower() or "clip"
-
-
-def save_spectrogram_png(path: str | os.PathLike, waveform: np.ndarray, title: str = "") -> None:
-    """The clip's 64-bin log-mel spectrogram (the model's own front end) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from audioldm2_jax.audio.mel import HOP_LENGTH, SAMPLE_RATE, log_mel_spectrogram
-
-    mel = log_mel_spectrogram(waveform)  # [T, 64]
-    fig, ax = plt.subplots(figsize=(max(4.0, mel.shape[0] / 100), 3), dpi=100)
-    ax.imshow(mel.T, origin="lower", aspect="auto", cmap="magma",
-              extent=(0, mel.shape[0] * HOP_LENGTH / SAMPLE_RATE, 0, mel.shape[1]))
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("mel bin")
-    if title:
-        ax.set_title(title[:80], fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def run_sampling_job(pipe: AudioLDM2Pipeline, clips: Sequence[Clip], out_dir: str | os.PathLike, *,
-                     batch_size: int = 4, num_waveforms_per_prompt: int = 1, seed: int = 0,
-                     negative_prompt: str | None = None, transcription: str | None = None,
-                     progress: bool = True, **call_kwargs) -> dict[str, Any]:
-    """Generates every clip in batches of ``batch_size`` prompts and writes, per waveform, ``NAME.wav`` (16-bit),
-    ``NAME.png`` (log-mel spectrogram) and ``NAME.json`` (settings). With several waveforms per prompt the files
-    are ``NAME_k`` (k = 0 the best CLAP match).
-
-    Clip i uses seed ``seed + i`` whatever the batching. A short last batch is padded with its last prompt so that
-    every batch has the same shape (one compilation); the padding's audio is discarded.
-    ``call_kwargs`` go to the pipeline (``audio_length_in_s``, ``num_inference_steps``, ``guidance_scale``,
-    ``scheduler``, ...). Returns totals: ``audio_s``, ``wall_s`` (excluding compilation), ``compile_s``, ``clips``
-    (waveforms written), ``failed`` (clips not written) and ``failed_clips`` (their names).
-
-    A clip whose audio came out non-finite (NaN / inf: :class:`NonFiniteOutputError`) is logged by name, counted
-    in ``failed`` and gets no files at all (none of its waveforms); the other clips of its batch are written.
-    """
-    from tqdm import tqdm
-
-    from audioldm2_jax.audio.io import write_wav
-
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
-    if not clips:
-        raise ValueError("no prompts to generate")
-    # Checked for every clip before the first batch runs.
-    words = [c.transcription or transcription for c in clips]
-    if pipe.is_speech and None in words:
-        missing = clips[words.index(None)].prompt
-        raise ValueError(f"speech checkpoint: no transcription for prompt {missing!r} (use --transcription or a "
-                         "'prompt|name|transcription' line)")
-    if not pipe.is_speech and any(w is not None for w in words):
-        raise ValueError("a transcription was given, but this checkpoint has no phoneme encoder (text_encoder_2 is "
-                         "T5): transcriptions are for the speech checkpoints")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    totals = dict(audio_s=0.0, wall_s=0.0, compile_s=0.0, clips=0, failed=0, failed_clips=[])
-    bar = tqdm(total=len(clips) * num_waveforms_per_prompt, unit="clip", disable=not progress)
-    for start in range(0, len(clips), batch_size):
-        batch = list(clips[start:start + batch_size])
-        real = len(batch)
-        batch += [batch[-1]] * (min(batch_size, len(clips)) - real)  # same shape as the other batches
-        seeds = [seed + start + i for i in range(len(batch))]
-        transcriptions = [c.transcription or transcription for c in batch] if pipe.is_speech else None
-        try:
-            waveforms = pipe([c.prompt for c in batch], negative_prompt=negative_prompt,
-                             transcription=transcriptions, num_waveforms_per_prompt=num_waveforms_per_prompt,
-                             seed=seeds, **call_kwargs)
-            diverged = set()
-        except NonFiniteOutputError as err:  # the batch's other clips are fine: write those
-            waveforms, diverged = err.waveforms, set(err.prompts)
-        t = pipe.timings
-        totals["wall_s"] += t.run
-        totals["compile_s"] += t.compile
-        for i, clip in enumerate(batch[:real]):
-            if i in diverged:
-                logger.error("clip %s (prompt %r, seed %d): the model produced non-finite audio (NaN / inf); nothing "
-                             "written for it", clip.name, clip.prompt, seeds[i])
-                totals["failed"] += 1
-                totals["failed_clips"].append(clip.name)
-                bar.update(num_waveforms_per_prompt)
-                continue
-            for k in range(num_waveforms_per_prompt):
-                wave = waveforms[i * num_waveforms_per_prompt + k]
-                stem = clip.name if num_waveforms_per_prompt == 1 else f"{clip.name}_{k}"
-                write_wav(out / f"{stem}.wav", wave, pipe.sampling_rate)
-                save_spectrogram_png(out / f"{stem}.png", wave, clip.prompt)
-                settings = dict(prompt=clip.prompt, negative_prompt=negative_prompt,
-                                transcription=transcriptions[i] if transcriptions else None, seed=seeds[i],
-                                rank=k, num_waveforms_per_prompt=num_waveforms_per_prompt,
-                                sampling_rate=pipe.sampling_rate, num_samples=int(wave.shape[0]),
-                                duration_s=wave.shape[0] / pipe.sampling_rate, **call_kwargs)
-                (out / f"{stem}.json").write_text(json.dumps(settings, indent=2, default=str) + "\n")
-                totals["audio_s"] += wave.shape[0] / pipe.sampling_rate
-                totals["clips"] += 1
-            bar.update(num_waveforms_per_prompt)
-    bar.close()
-    return totals

@@ -14,16 +14,14 @@ the median over repeats of ``iters`` back-to-back calls.
 from __future__ import annotations
 
 import argparse
-import importlib.abc
-import importlib.machinery
 import json
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared timm loader
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -32,49 +30,7 @@ import numpy as np  # noqa: E402
 from audioldm2_jax.convert.audiomae import convert_audiomae_state_dict  # noqa: E402
 from audioldm2_jax.models.audiomae import (AudioMAEConfig, extract_features, extract_loa, loa_pooling,  # noqa: E402
                                            pool_loa, sincos_pos_embed)
-
-
-def import_timm():
-    """timm's ``PatchEmbed`` and ``Block``. Where torchvision is missing or cannot load against the installed
-    torch, a stand-in serves timm's import-time references to it (the blocks never use torchvision)."""
-    try:
-        import timm  # noqa: F401
-    except (ImportError, RuntimeError):
-        class AnyName(type):
-            def __getattr__(cls, name):
-                if name.startswith("__"):
-                    raise AttributeError(name)
-                return AnyName(name, (), {})
-
-        class StandIn(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-            def find_spec(self, name, path, target=None):
-                if name == "torchvision" or name.startswith("torchvision."):
-                    return importlib.machinery.ModuleSpec(name, self, is_package=True)
-                return None
-
-            def create_module(self, spec):
-                module = types.ModuleType(spec.name)
-                module.__getattr__ = lambda attr: AnyName(attr, (), {}) if not attr.startswith("__") else None
-                return module
-
-            def exec_module(self, module):
-                module.__path__ = []
-
-        for prefix in ("timm", "torchvision"):
-            for key in [k for k in sys.modules if k == prefix or k.startswith(prefix + ".")]:
-                del sys.modules[key]
-        finder = StandIn()
-        sys.meta_path.insert(0, finder)
-        try:
-            import timm  # noqa: F401
-        finally:
-            sys.meta_path.remove(finder)
-            for key in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
-                del sys.modules[key]
-    from timm.layers import PatchEmbed
-    from timm.models.vision_transformer import Block
-
-    return PatchEmbed, Block
+from timm_blocks import timm_blocks  # noqa: E402
 
 
 def torch_reference(config: AudioMAEConfig, device):
@@ -82,7 +38,7 @@ def torch_reference(config: AudioMAEConfig, device):
     import torch
     from functools import partial
 
-    PatchEmbed, Block = import_timm()
+    PatchEmbed, Block, _ = timm_blocks()
 
     class Encoder(torch.nn.Module):
         def __init__(self):

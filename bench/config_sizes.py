@@ -1,7 +1,7 @@
 """Prints the sizes of the T-UNet scaling family and of the published base / large UNets as a Markdown table:
 parameters (``jax.eval_shape`` of the init) and training FLOPs per example (XLA's cost analysis of the lowered
 forward + backward on one 10.24 s clip; nothing is compiled for a device or executed), from
-:func:`configs.sizes.size_rows`.
+:func:`audioldm2_jax.configs.sizes.size_rows`.
 
     python bench/config_sizes.py                      # the family and large
     python bench/config_sizes.py --presets xs base     # some rows only
@@ -16,19 +16,18 @@ import argparse
 import math
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import flax.linen as nn
+import jax
 
-# Parameter counts (millions) of the published checkpoints (configs/published/README.md).
+from audioldm2_jax import components
+from audioldm2_jax.configs import sizes
+
+# Parameter counts (millions) of the published checkpoints (audioldm2_jax/configs/published/README.md).
 PUBLISHED_M = {"unet": 346.9, "vae": 55.4, "vocoder": 55.3, "gpt2": 124.4, "t5": 341.2, "projection": 1.18}
 
 
 def unet_table(names, frames: int) -> list[str]:
-    from configs import sizes
-
     lines = [f"UNet training cost per example: forward + backward of the denoising loss on one {frames / 100:g} s "
              f"clip (latents [{frames // 4}, 16, 8]), {sizes.LOA_TOKENS} LOA tokens, {sizes.T5_TOKENS} T5 tokens; "
              "XLA cost analysis (all HLO ops), optimizer update excluded.", "",
@@ -46,25 +45,17 @@ def unet_table(names, frames: int) -> list[str]:
 
 
 def component_table() -> list[str]:
-    import jax
-
-    from audioldm2_jax.train import components as comp
-    from configs import sizes
-
     lines = ["", "Published components (base shapes; `clap` is the text tower with its projection, the part AudioLDM 2 "
              "runs):", "", "| component | params | published |", "|---|---|---|"]
     for name, config in sizes.published_models("base").items():
-        model = comp.build(name, config)
-        shapes = jax.eval_shape(lambda: comp.COMPONENTS[name].init(model, jax.random.key(0)))
-        count = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
+        shapes = components.get(name).abstract_params(config)
+        count = sum(math.prod(x.shape) for x in jax.tree.leaves(nn.unbox(shapes)))
         published = f"{PUBLISHED_M[name]}M" if name in PUBLISHED_M else "-"
         lines.append(f"| {name} | {count / 1e6:.2f}M | {published} |")
     return lines
 
 
 def main():
-    from configs import sizes
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--presets", nargs="+", default=list(sizes.SCALING_PRESETS) + ["large"],
                         choices=list(sizes.SCALING_PRESETS) + ["large"])

@@ -2,8 +2,8 @@
 against diffusers' ``AutoencoderKL.decode`` and transformers' ``SpeechT5HifiGan``, in the same process, on the same
 random weights (saved by the reference, loaded by ours).
 
-Base config (configs/published/audioldm2-base: VAE and vocoder), the pipeline's shapes: B clips of 10.24 s, latents
-[B, 8, 256, 16], log-mel [B, 1024, 64]. Prints compile time, the median wall time of each side (after a warm-up
+Base config (audioldm2_jax/configs/published/audioldm2-base: VAE and vocoder), the pipeline's shapes: B clips of
+10.24 s, latents [B, 8, 256, 16], log-mel [B, 1024, 64]. Prints compile time, the median wall time of each side (after a warm-up
 call), the ratio and the max abs error relative to the reference's output scale.
 
     python bench/decoders.py                      # CPU, batch 4
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-PUBLISHED = ROOT / "configs" / "published" / "audioldm2-base"
+PUBLISHED = ROOT / "audioldm2_jax" / "configs" / "published" / "audioldm2-base"
 sys.path.insert(0, str(ROOT))
 from bench.timing import print_rows, time_compile_settings, timed  # noqa: E402
 
@@ -49,8 +49,7 @@ def main():
     from diffusers import AutoencoderKL as TorchAutoencoderKL
     from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
 
-    from audioldm2_jax.convert.vae import load_vae
-    from audioldm2_jax.convert.vocoder import load_vocoder
+    from audioldm2_jax import components
     from audioldm2_jax.models.vae import AutoencoderKL
     from audioldm2_jax.models.vocoder import HifiGanVocoder
 
@@ -62,8 +61,8 @@ def main():
     with tempfile.TemporaryDirectory() as workdir:
         vae_ref.save_pretrained(f"{workdir}/vae")
         vocoder_ref.save_pretrained(f"{workdir}/vocoder")
-        vae_config, vae_params = load_vae(f"{workdir}/vae")
-        vocoder_config, vocoder_params = load_vocoder(f"{workdir}/vocoder")
+        vae_config, vae_params, _ = components.load("vae", f"{workdir}/vae")
+        vocoder_config, vocoder_params, _ = components.load("vocoder", f"{workdir}/vocoder")
 
     rng = np.random.default_rng(0)
     latents = rng.standard_normal((args.batch, 8, args.frames // 4, 16)).astype(np.float32)

@@ -1,8 +1,8 @@
 """Full-size parity of every AudioLDM 2 (base) component against the PyTorch reference, on random weights.
 
 Each component is built at its published size (``bench/reference_models.py``: diffusers / transformers classes,
-random weights perturbed as in the small-config tests), saved with ``save_pretrained``, converted with our
-loader (``audioldm2_jax.convert``), and both run on the same 10.24 s inputs in fp32:
+random weights perturbed as in the small-config tests), saved with ``save_pretrained``, loaded with our
+registry (``audioldm2_jax.components``), and both run on the same 10.24 s inputs in fp32:
 
     unet        latents [1, 8, 256, 16], t = 500, LOA context [1, 8, 768], T5 context [1, 32, 1024] (12 padded)
     vae         encode a mel [1, 1, 1024, 64] (posterior mean and log-variance); decode a latent [1, 8, 256, 16]
@@ -149,7 +149,7 @@ def check_unet(run, ref, folder, params_m, rng):
     import jax.numpy as jnp
     import numpy as np
 
-    from audioldm2_jax.convert.unet import load_unet
+    from audioldm2_jax import components
     from audioldm2_jax.models.unet import AudioLDM2UNet
 
     latents = rng.standard_normal((1, 8, 256, 16)).astype(np.float32)
@@ -162,7 +162,7 @@ def check_unet(run, ref, folder, params_m, rng):
         run.to_torch(latents), run.to_torch(t), encoder_hidden_states=run.to_torch(loa),
         encoder_hidden_states_1=run.to_torch(t5), encoder_attention_mask_1=run.to_torch(t5_mask)).sample)
 
-    config, params = load_unet(folder)
+    config, params, _ = components.load("unet", folder)
     apply = jax.jit(AudioLDM2UNet(config).apply)
     args = (jnp.asarray(latents.transpose(0, 2, 3, 1)), jnp.asarray(t.astype(np.int32)), jnp.asarray(loa), None,
             jnp.asarray(t5), jnp.asarray(t5_mask.astype(np.int32)))
@@ -174,7 +174,7 @@ def check_vae(run, ref, folder, params_m, rng):
     import jax
     import numpy as np
 
-    from audioldm2_jax.convert.vae import load_vae
+    from audioldm2_jax import components
     from audioldm2_jax.models.vae import AutoencoderKL
 
     mel = (rng.standard_normal((1, 1, 1024, 64)) * 2.0 - 5.0).astype(np.float32)  # log-mel-like range
@@ -187,7 +187,7 @@ def check_vae(run, ref, folder, params_m, rng):
     (ref_mean, ref_logvar), encode_torch_s = run.time_torch(encode_ref)
     ref_decoded, decode_torch_s = run.time_torch(lambda: ref.decode(run.to_torch(latent)).sample)
 
-    config, params = load_vae(folder)
+    config, params, _ = components.load("vae", folder)
     model = AutoencoderKL(config)
     encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=AutoencoderKL.encode))
     decode = jax.jit(lambda p, z: model.apply({"params": p}, z, method=AutoencoderKL.decode))
@@ -208,12 +208,12 @@ def check_vocoder(run, ref, folder, params_m, rng):
     import jax
     import numpy as np
 
-    from audioldm2_jax.convert.vocoder import load_vocoder
+    from audioldm2_jax import components
     from audioldm2_jax.models.vocoder import HifiGanVocoder
 
     mel = rng.standard_normal((1, 1024, 64)).astype(np.float32)
     expected, torch_s = run.time_torch(lambda: ref(run.to_torch(mel)))
-    config, params = load_vocoder(folder)
+    config, params, _ = components.load("vocoder", folder)
     assert config.output_length(1024) == 163872
     apply = jax.jit(HifiGanVocoder(config).apply)
     ours, first, steady = run.time_ours(lambda: apply({"params": params}, mel))
@@ -224,7 +224,7 @@ def check_t5(run, ref, folder, params_m, rng):
     import jax
     import numpy as np
 
-    from audioldm2_jax.convert.t5 import load_t5
+    from audioldm2_jax import components
     from audioldm2_jax.models.t5 import T5EncoderModel
 
     mask = padded_mask([32, 20, 7], 32)
@@ -233,7 +233,7 @@ def check_t5(run, ref, folder, params_m, rng):
     ids[mask == 0] = 0  # <pad>
     expected, torch_s = run.time_torch(
         lambda: ref(input_ids=run.to_torch(ids), attention_mask=run.to_torch(mask)).last_hidden_state)
-    config, params = load_t5(folder)
+    config, params, _ = components.load("t5", folder)
     apply = jax.jit(T5EncoderModel(config).apply)
     ours, first, steady = run.time_ours(lambda: apply({"params": params}, ids.astype(np.int32),
                                                       mask.astype(np.int32)))
@@ -244,7 +244,7 @@ def check_clap(run, ref, folder, params_m, rng):
     import jax
     import numpy as np
 
-    from audioldm2_jax.convert.clap import load_clap
+    from audioldm2_jax import components
     from audioldm2_jax.models.clap import ClapModel
 
     mask = padded_mask([24, 13, 6], 24)
@@ -258,10 +258,10 @@ def check_clap(run, ref, folder, params_m, rng):
         run.to_torch(ids), attention_mask=run.to_torch(mask)).pooler_output)
     ref_audio, audio_torch_s = run.time_torch(lambda: ref.get_audio_features(run.to_torch(features)).pooler_output)
 
-    config, params = load_clap(folder)
+    config, params, _ = components.load("clap", folder)
     model = ClapModel(config)
-    text = jax.jit(lambda p, i, m: model.apply(p, i, m, method="get_text_features"))
-    audio = jax.jit(lambda p, f: model.apply(p, f, method="get_audio_features"))
+    text = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m, method="get_text_features"))
+    audio = jax.jit(lambda p, f: model.apply({"params": p}, f, method="get_audio_features"))
     ours_text, text_first, text_steady = run.time_ours(lambda: text(params, ids.astype(np.int32),
                                                                      mask.astype(np.int32)))
     ours_audio, audio_first, audio_steady = run.time_ours(lambda: audio(params, features))
@@ -278,10 +278,10 @@ def check_gpt2(run, ref, folder, params_m, rng):
     import transformers
     from diffusers.pipelines.audioldm2.pipeline_audioldm2 import AudioLDM2Pipeline
 
-    from audioldm2_jax.convert.gpt2 import load_gpt2
+    from audioldm2_jax import components
     from audioldm2_jax.models.gpt2 import GPT2Model, generate_loa
 
-    config, params = load_gpt2(folder)
+    config, params, _ = components.load("gpt2", folder)
     steps = config.max_new_tokens
     embeds = rng.standard_normal((1, 37, 768)).astype(np.float32)
     mask = np.ones((1, 37), np.int64)
@@ -305,7 +305,7 @@ def check_projection(run, ref, folder, params_m, rng):
     import jax
     import numpy as np
 
-    from audioldm2_jax.convert.projection import load_projection
+    from audioldm2_jax import components
     from audioldm2_jax.models.projection import AudioLDM2ProjectionModel
 
     clap = rng.standard_normal((1, 1, 512)).astype(np.float32)
@@ -315,7 +315,7 @@ def check_projection(run, ref, folder, params_m, rng):
     (ref_hidden, ref_mask), torch_s = run.time_torch(lambda: (lambda o: (o.hidden_states, o.attention_mask))(ref(
         hidden_states=run.to_torch(clap), hidden_states_1=run.to_torch(t5), attention_mask=run.to_torch(clap_mask),
         attention_mask_1=run.to_torch(t5_mask))))
-    config, params = load_projection(folder)
+    config, params, _ = components.load("projection", folder)
     apply = jax.jit(AudioLDM2ProjectionModel(config).apply)
     (hidden, mask), first, steady = run.time_ours(lambda: apply({"params": params}, clap, t5, clap_mask, t5_mask))
     np.testing.assert_array_equal(mask, ref_mask, err_msg="projection: attention mask")
@@ -411,7 +411,8 @@ def main(argv=None):
                              "temporary folder per component, removed after it")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--config-dir", default=None, help="folder of the audioldm2-base config files "
-                        "(default: configs/published/audioldm2-base, else /work/shared/reference/audioldm2-base)")
+                        "(default: audioldm2_jax/configs/published/audioldm2-base, "
+                        "else /work/shared/reference/audioldm2-base)")
     parser.add_argument("--no-second-call", action="store_true", help="time only the first (compiling) call of ours")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows and the environment here")
     args = parser.parse_args(argv)

@@ -1,8 +1,8 @@
 """Times AudioLDM2Pipeline end to end against diffusers' AudioLDM2Pipeline, in the same process, on the same
 random weights and the same initial latents.
 
-Base config (configs/published/audioldm2-base: UNet 347M, T5-large encoder, CLAP, GPT-2, VAE, HiFi-GAN), random
-weights, B prompts of 10.24 s, DPM-Solver++, guidance 3.5 (the UNet runs on 2B rows). Tokenizers are the tiny ones
+Base config (audioldm2_jax/configs/published/audioldm2-base: UNet 347M, T5-large encoder, CLAP, GPT-2, VAE,
+HiFi-GAN), random weights, B prompts of 10.24 s, DPM-Solver++, guidance 3.5 (the UNet runs on 2B rows). Tokenizers are the tiny ones
 of tests/pipeline_fixtures.py with the published maximum lengths (CLAP 512, T5 128): prompts tokenize into more,
 shorter tokens than with the real vocabularies, which changes nothing of the models' cost at these lengths.
 
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-PUBLISHED = ROOT / "configs" / "published" / "audioldm2-base"
+PUBLISHED = ROOT / "audioldm2_jax" / "configs" / "published" / "audioldm2-base"
 PROMPTS = ["techno music with a strong upbeat tempo and high melodic riffs", "a dog barks in the rain",
            "birds sing at dawn near a quiet river", "a violin plays a slow sad melody in a large hall",
            "thunder rolls over the hills", "children laugh and play in a park", "waves crash against rocks",

@@ -1,13 +1,14 @@
 """Full-size PyTorch reference components of AudioLDM 2 (base) with random weights, for the benches.
 
-Each component is built from the published configuration values (``configs/published/audioldm2-base/*.json`` in
-this repository, or ``/work/shared/reference/audioldm2-base/``), given random weights with the same perturbations
-the small-config parity tests use (so that norms, biases and zero-initialised tables all matter), and saved with
-``save_pretrained`` where our loaders (``audioldm2_jax.convert``) can read it:
+Each component is built from the published configuration values
+(``audioldm2_jax/configs/published/audioldm2-base/*.json`` in this repository, or
+``/work/shared/reference/audioldm2-base/``), given random weights with the same perturbations the small-config parity
+tests use (so that norms, biases and zero-initialised tables all matter), and saved with
+``save_pretrained`` where our registry (``audioldm2_jax.components``) can read it:
 
     from bench.reference_models import save_reference
     model, folder = save_reference("unet", "/tmp/unet")          # diffusers AudioLDM2UNet2DConditionModel
-    config, params = load_unet(folder)
+    config, params, _ = components.load("unet", folder)
 
 Components (name -> reference class, published config file):
 
@@ -26,10 +27,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-_CANDIDATE_DIRS = (ROOT / "configs" / "published" / "audioldm2-base", Path("/work/shared/reference/audioldm2-base"))
+sys.path.insert(0, str(ROOT / "tests"))  # the initialisations the parity tests use
+from reference_init import fan_in_vocoder  # noqa: E402
+_CANDIDATE_DIRS = (ROOT / "audioldm2_jax" / "configs" / "published" / "audioldm2-base",
+                   Path("/work/shared/reference/audioldm2-base"))
 
 CONFIG_FILES = {
     "unet": "unet.json",
@@ -127,14 +132,7 @@ def _perturb(name: str, model) -> None:
                 if "norm" in pname:
                     p.add_(0.3 * torch.randn_like(p))
         elif name == "vocoder":
-            for module in model.modules():
-                if isinstance(module, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
-                    w = module.weight
-                    fan_in = w.shape[0 if isinstance(module, torch.nn.ConvTranspose1d) else 1] * w.shape[2]
-                    w.normal_(0.0, 1.0 / fan_in ** 0.5)
-                    module.bias.normal_(0.0, 0.1)
-            model.mean.copy_(torch.randn_like(model.mean))
-            model.scale.copy_(1.0 + torch.rand_like(model.scale))
+            fan_in_vocoder(model)
         elif name == "gpt2":
             for pname, p in model.named_parameters():
                 if "ln_" in pname:

@@ -3,9 +3,9 @@ the same process on the same shapes.
 
 One step on both sides: UNet forward on noisy latents, MSE against a target, backward, AdamW update (optax
 ``adamw`` and ``torch.optim.AdamW`` with the same hyper-parameters: lr 1e-4, betas 0.9 / 0.999, eps 1e-8, weight
-decay 0.01 on every parameter). Base config (configs/published/audioldm2-base/unet.json), random weights, batch 4,
-10.24 s latents ``[4, 8, 256, 16]`` (diffusers' NCHW; ours is NHWC ``[4, 256, 16, 8]``), the LOA stream
-``[4, 8, 768]`` (lambda = 8) and the T5 stream ``[4, 32, 1024]`` with a padded mask, as the published
+decay 0.01 on every parameter). Base config (audioldm2_jax/configs/published/audioldm2-base/unet.json), random
+weights, batch 4, 10.24 s latents ``[4, 8, 256, 16]`` (diffusers' NCHW; ours is NHWC ``[4, 256, 16, 8]``), the LOA
+stream ``[4, 8, 768]`` (lambda = 8) and the T5 stream ``[4, 32, 1024]`` with a padded mask, as the published
 ``cross_attention_dim [[None, 768, 1024]] x 4`` requires. Warm-up steps (and ours' compilation) are excluded from
 the timings. Prints steps/s of each side and their ratio; TFLOP/s from XLA's cost analysis of the compiled step
 (the same count for both sides: the same arithmetic), and the utilisation of the device's peak where it is known
@@ -27,16 +27,14 @@ import gc
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-CONFIG = ROOT / "configs" / "published" / "audioldm2-base" / "unet.json"
+from audioldm2_jax.configs import sizes
+
+CONFIG = sizes.PUBLISHED_DIR / "unet.json"
 
 ADAMW = dict(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01)
 
@@ -135,8 +133,6 @@ def run_reference(config, inputs, mode: str, device: str, warmup: int, steps: in
     import torch
     from diffusers.pipelines.audioldm2.modeling_audioldm2 import AudioLDM2UNet2DConditionModel
 
-    from configs import sizes
-
     torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
     torch.backends.cudnn.allow_tf32 = mode == "tf32"
     torch.manual_seed(0)
@@ -183,8 +179,6 @@ def main():
     import jax
 
     from audioldm2_jax.models.unet import UNetConfig
-    from configs import sizes
-
     accelerator = jax.default_backend() != "cpu"
     mode = args.dtype if args.dtype != "auto" else ("bf16" if accelerator else "fp32")
     frames = args.frames or (256 if args.small else sizes.CLIP_FRAMES)

@@ -1,6 +1,6 @@
 """Times the jitted T-UNet forward against diffusers' PyTorch UNet in the same process, on the same weights.
 
-Base config (configs/published/audioldm2-base/unet.json), random weights, batch 2, 10.24 s latents [2, 8, 256, 16],
+Base config (audioldm2_jax/configs/published/audioldm2-base/unet.json), random weights, batch 2, 10.24 s latents [2, 8, 256, 16],
 LOA context [2, 8, 768], T5 context [2, 32, 1024] with a padded mask. Prints compile time, the median forward time
 of each side, the ratio, and the max abs error between the two outputs.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "published" / "audioldm2-base" / "unet.json"
+CONFIG = ROOT / "audioldm2_jax" / "configs" / "published" / "audioldm2-base" / "unet.json"
 sys.path.insert(0, str(ROOT))
 from bench.timing import print_rows, time_compile_settings, timed  # noqa: E402
 

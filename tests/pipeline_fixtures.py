@@ -36,6 +36,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+from audioldm2_jax import AudioLDM2Pipeline
 
 KINDS = ("text", "large", "speech")
 
@@ -310,6 +313,22 @@ def tiny_checkpoint(folder: str | os.PathLike, kind: str = "text", seed: int = 0
     """Builds and saves a tiny checkpoint: ``(folder, reference_pipeline)``."""
     pipe = build_reference_pipeline(kind, seed=seed, sample_size=sample_size)
     return save_checkpoint(pipe, folder), pipe
+
+
+def checkpoint_and_pipeline_fixtures(kind: str):
+    """Module-scoped pytest fixtures ``(checkpoint, pipe)`` for a test module: ``checkpoint`` is
+    ``tiny_checkpoint(<tmp>/tiny-<kind>, kind)`` (folder, diffusers reference) and ``pipe`` our pipeline loaded from
+    that folder. Use as ``checkpoint, pipe = checkpoint_and_pipeline_fixtures("text")``."""
+
+    @pytest.fixture(scope="module")
+    def checkpoint(tmp_path_factory):
+        return tiny_checkpoint(tmp_path_factory.mktemp(f"tiny-{kind}"), kind)
+
+    @pytest.fixture(scope="module")
+    def pipe(checkpoint):
+        return AudioLDM2Pipeline.from_pretrained(checkpoint[0])
+
+    return checkpoint, pipe
 
 
 def reference_latents(batch: int, duration_s: float, seed: int = 0, latent_width: int = MEL_BINS // 4) -> np.ndarray:

@@ -1,6 +1,8 @@
 """The attention entry point's CPU path (one matrix product pair per example and head) against torch's
 ``scaled_dot_product_attention`` and against ``jax.nn.dot_product_attention``, with every way the models call it:
-additive biases of several broadcast shapes, boolean masks, causal masking, cross-attention, a fully masked row."""
+additive biases of several broadcast shapes, boolean masks, causal masking, cross-attention, a fully masked row.
+Which implementation runs is a named option chosen for the target platform (or the training config), never by the
+host's backend."""
 
 import numpy as np
 import pytest
@@ -10,8 +12,11 @@ from conftest import assert_close
 import jax
 import jax.numpy as jnp
 
-from audioldm2_jax.models.layers import (PER_HEAD_MIN_SCORES, dot_product_attention, per_head_attention,
-                                         xla_attention)
+from audioldm2_jax.models.layers import (PER_HEAD_MIN_SCORES, attention_for_platform, dot_product_attention,
+                                         per_head_attention, resolve_attention, use_attention)
+from audioldm2_jax.models.unet import AudioLDM2UNet, UNetConfig
+from audioldm2_jax.train import config as config_lib
+from audioldm2_jax.train.loop import Trainer
 
 RNG = np.random.default_rng(0)
 
@@ -68,15 +73,78 @@ def test_fully_masked_row_is_uniform_as_in_jax():
     assert_close(ours[0, 2:], np.broadcast_to(v[0].mean(axis=0), (2, 2, 8)), rel=1e-5)
 
 
-def test_entry_point_takes_the_per_head_path_for_large_scores_on_cpu():
-    """Above the threshold the CPU path runs (``lax.map``: a scan in the jaxpr) and still equals torch."""
+def test_entry_point_takes_the_per_head_path_for_large_scores_when_chosen():
+    """``per_head`` (the CPU's choice) runs ``lax.map`` (a scan in the jaxpr) above the threshold only, and still
+    equals torch; ``xla``, the choice outside any :func:`use_attention` (e.g. FLOP counting), never does."""
     side = int(np.ceil(np.sqrt(PER_HEAD_MIN_SCORES)))
     q, k, v = _normal(1, side, 2, 4), _normal(1, side, 2, 4), _normal(1, side, 2, 4)
-    jaxpr = str(jax.make_jaxpr(lambda *a: dot_product_attention(*a))(q, k, v))
-    small = str(jax.make_jaxpr(lambda *a: dot_product_attention(*a))(q[:, :8], k[:, :8], v[:, :8]))
-    assert jax.default_backend() == "cpu" and "scan" in jaxpr and "scan" not in small
-    with xla_attention():  # what FLOP counting traces: the batched implementation
-        assert "scan" not in str(jax.make_jaxpr(lambda *a: dot_product_attention(*a))(q, k, v))
-    assert "scan" in str(jax.make_jaxpr(lambda *a: dot_product_attention(*a))(q, k, v))
-    assert_close(dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)),
-                 _torch_attention(q, k, v), rel=1e-5)
+    trace = lambda *a: str(jax.make_jaxpr(lambda *b: dot_product_attention(*b))(*a))  # noqa: E731
+    with use_attention(attention_for_platform("cpu")):
+        assert "scan" in trace(q, k, v) and "scan" not in trace(q[:, :8], k[:, :8], v[:, :8])
+        with use_attention("xla"):
+            assert "scan" not in trace(q, k, v)
+        assert "scan" in trace(q, k, v)  # restored on exit
+        ours = dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v))
+    assert_close(ours, _torch_attention(q, k, v), rel=1e-5)
+    assert "scan" not in trace(q, k, v)  # no caller chose: xla
+
+
+def test_the_target_platform_not_the_host_picks_the_implementation():
+    """Lowering a UNet on this CPU host for a TPU (or GPU) target compiles that platform's attention: no per-head
+    loop in the HLO; for a CPU target the loop is there. The host's backend plays no part."""
+    assert jax.devices()[0].platform == "cpu"
+    assert [attention_for_platform(p) for p in ("cpu", "gpu", "tpu", "rocm")] == ["per_head", "cudnn", "xla", "xla"]
+    assert resolve_attention("auto", "tpu") == "xla" and resolve_attention("per_head", "tpu") == "per_head"
+    config = UNetConfig.from_diffusers(dict(
+        in_channels=4, out_channels=4, block_out_channels=[8], layers_per_block=1, norm_num_groups=4,
+        down_block_types=["CrossAttnDownBlock2D"], up_block_types=["CrossAttnUpBlock2D"], cross_attention_dim=[[None]],
+        attention_head_dim=2))
+    model = AudioLDM2UNet(config)
+    sample = jax.ShapeDtypeStruct((1, 16, 8, 4), jnp.float32)  # 128 positions: 128 x 128 scores, the threshold
+    context = jax.ShapeDtypeStruct((1, 3, 8), jnp.float32)
+    timesteps = jax.ShapeDtypeStruct((1,), jnp.int32)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(sample.shape), jnp.zeros(1, jnp.int32),
+                                               jnp.zeros(context.shape)))
+
+    def hlo(platform):
+        with use_attention(resolve_attention("auto", platform)):
+            return jax.jit(model.apply).lower(params, sample, timesteps, context).as_text()
+
+    assert "while" in hlo("cpu")
+    assert "while" not in hlo("tpu") and "while" not in hlo("gpu")  # float32: cuDNN's kernel is not asked
+
+
+def test_a_bad_implementation_name_names_the_valid_ones():
+    with pytest.raises(ValueError, match="'flash' is not one of xla, per_head, cudnn"):
+        with use_attention("flash"):
+            pass
+    q = jnp.zeros((1, 4, 1, 8))
+    with pytest.raises(ValueError, match="'flash' is not one of xla, per_head, cudnn"):
+        dot_product_attention(q, q, q, implementation="flash")
+    with pytest.raises(ValueError, match="'flash' is not one of xla, per_head, cudnn"):
+        resolve_attention("flash", "cpu")
+
+
+def test_the_trainer_picks_attention_from_its_mesh_or_the_config(tmp_path):
+    """``model.attention``: "auto" resolves for the mesh's platform (CPU here), a name is used as given, a bad one
+    is a config error that lists the valid ones."""
+    def config(attention="auto"):
+        c = config_lib.load_config_file("configs/smoke.py")
+        c.mesh.data = 1
+        c.model.attention = attention
+        return c
+
+    side = int(np.ceil(np.sqrt(PER_HEAD_MIN_SCORES)))
+    q = jnp.zeros((1, side, 2, 4))
+    traced = lambda: str(jax.make_jaxpr(lambda x: dot_product_attention(x, x, x))(q))  # noqa: E731
+    devices = jax.devices()[:1]
+    auto = Trainer.build(config(), tmp_path / "a", devices=devices)
+    xla = Trainer.build(config("xla"), tmp_path / "b", devices=devices)
+    assert auto.attention == "per_head" and xla.attention == "xla"
+    with auto.context():  # what the trainer's programs are traced under
+        assert "scan" in traced()
+    with xla.context():
+        assert "scan" not in traced()
+    with pytest.raises(config_lib.ConfigError, match=r"model.attention='flash' is not one of \('auto', 'xla', "
+                                                     r"'per_head', 'cudnn'\)"):
+        Trainer.build(config("flash"), tmp_path / "c", devices=devices)

@@ -10,11 +10,7 @@ real 1024 x 128 input (64 x 8 grid) at a tiny width.
 from __future__ import annotations
 
 import dataclasses
-import importlib.abc
-import importlib.machinery
 import math
-import sys
-import types
 from functools import partial
 
 import jax
@@ -23,6 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_close
+from timm_blocks import timm_blocks
 
 from audioldm2_jax.convert.audiomae import load_audiomae
 from audioldm2_jax.convert.weights import CheckpointError
@@ -37,62 +34,6 @@ GRID = (FRAMES // PATCH, BINS // PATCH)
 DIM, DEPTH, HEADS = 64, 4, 4
 DEC_DIM, DEC_DEPTH, DEC_HEADS = 32, 2, 4
 AUDIOLDM2_PREFIX = "cond_stage_models.0.cond_stage_models.2.audiomae.model."
-
-
-class _AnyName(type):
-    """Stands for any torchvision class or constant that timm names at import time."""
-
-    def __getattr__(cls, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return _AnyName(name, (), {})
-
-
-class _TorchvisionStandIn(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Serves every ``torchvision`` import with an empty package whose attributes are ``_AnyName`` classes."""
-
-    def find_spec(self, name, path, target=None):
-        if name == "torchvision" or name.startswith("torchvision."):
-            return importlib.machinery.ModuleSpec(name, self, is_package=True)
-        return None
-
-    def create_module(self, spec):
-        module = types.ModuleType(spec.name)
-        module.__getattr__ = lambda attr: _AnyName(attr, (), {}) if not attr.startswith("__") else None
-        return module
-
-    def exec_module(self, module):
-        module.__path__ = []
-
-
-def _timm():
-    """timm's blocks. timm imports torchvision at import time; where torchvision is missing, or is a CUDA build that
-    fails to load against a CPU torch (``operator torchvision::nms does not exist``), a stand-in serves those
-    imports while timm loads and is removed afterwards (the blocks used here never touch torchvision)."""
-    try:
-        import timm  # noqa: F401
-    except (ImportError, RuntimeError):
-        def drop(prefix):
-            found = {k: v for k, v in sys.modules.items() if k == prefix or k.startswith(prefix + ".")}
-            for k in found:
-                del sys.modules[k]
-            return found
-
-        drop("timm")
-        saved = drop("torchvision")
-        finder = _TorchvisionStandIn()
-        sys.meta_path.insert(0, finder)
-        try:
-            import timm  # noqa: F401
-        finally:
-            sys.meta_path.remove(finder)
-            drop("torchvision")
-            sys.modules.update(saved)
-    from timm.layers import PatchEmbed
-    from timm.models.swin_transformer_v2_cr import SwinTransformerV2CrBlock
-    from timm.models.vision_transformer import Block
-
-    return PatchEmbed, Block, SwinTransformerV2CrBlock
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -116,7 +57,7 @@ def release_sincos_table(dim: int, frames_patches: int, bin_patches: int) -> np.
 class TorchAudioMAE(torch.nn.Module):
     def __init__(self, local_decoder: bool):
         super().__init__()
-        PatchEmbed, Block, SwinBlock = _timm()
+        PatchEmbed, Block, SwinBlock = timm_blocks()
         norm = partial(torch.nn.LayerNorm, eps=1e-6)
         self.local = local_decoder
         self.patch_embed = PatchEmbed(img_size=(FRAMES, BINS), patch_size=PATCH, in_chans=1, embed_dim=DIM)

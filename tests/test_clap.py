@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from audioldm2_jax.audio.clap_features import ClapFeatureConfig
-from audioldm2_jax.convert.clap import abstract_params, convert_clap_state_dict, load_clap
+from audioldm2_jax import components
+from audioldm2_jax.convert import clap
 from audioldm2_jax.convert.weights import CheckpointError
 from audioldm2_jax.models.clap import ClapAudioConfig, ClapConfig, ClapModel, ClapTextConfig, own_prompt_scores, \
     rank_waveforms
@@ -52,12 +53,12 @@ def perturb(model, seed=0):
 
 
 def build(tmp_path, config, seed=0):
-    """A perturbed reference ``ClapModel`` saved and loaded back: ``(reference, our config, our params)``."""
+    """A perturbed reference ``ClapModel`` saved and loaded back: ``(reference, our config, our variables)``."""
     torch.manual_seed(seed)
     model = perturb(transformers.ClapModel(config).eval(), seed)
     model.save_pretrained(tmp_path)
-    ours_config, params = load_clap(tmp_path)
-    return model, ours_config, params
+    ours_config, params, _ = components.load("clap", tmp_path)
+    return model, ours_config, {"params": params}
 
 
 def ours_text(config, params, ids, mask):
@@ -227,7 +228,7 @@ def test_perturbation_exposes_a_swapped_query_key_bias(reference, tower, prefix)
     bias.)"""
     state = {k: v.numpy() for k, v in reference["model"].state_dict().items()}
     state[prefix + "query.bias"], state[prefix + "key.bias"] = state[prefix + "key.bias"], state[prefix + "query.bias"]
-    params = convert_clap_state_dict(state, reference["config"])
+    params = {"params": clap.to_flax(state, reference["config"])}
     if tower == "text":
         ours = ours_text(reference["config"], params, reference["ids"], reference["mask"])
         refs = ref_text(reference["model"], reference["ids"], reference["mask"])
@@ -248,7 +249,7 @@ def test_config_and_checkpoint_errors(reference):
     del state["text_model.pooler.dense.weight"]
     state["audio_projection.linear2.bias"] = np.zeros(3, np.float32)
     with pytest.raises(CheckpointError, match=r"pooler/dense/kernel[\s\S]*audio_projection.linear2.bias"):
-        convert_clap_state_dict(state, reference["config"])
+        clap.to_flax(state, reference["config"])
     with pytest.raises(ValueError, match="log-mel features"):
         ClapModel(reference["config"]).apply(reference["params"], jnp.zeros((2, 8)), method="get_audio_features")
     with pytest.raises(ValueError, match="mel bins"):
@@ -267,7 +268,7 @@ def test_published_config_size():
     config = ClapConfig.from_transformers({
         "projection_dim": 512, "text_config": {"layer_norm_eps": 1e-5},
         "audio_config": {"depths": [2, 2, 12, 2], "hidden_size": 1024, "patch_embeds_hidden_size": 128}})
-    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params(config)))
+    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(clap.abstract_params(config)))
     assert abs(count / 1e6 - 193.9) < 0.05, count
 
 
@@ -460,14 +461,14 @@ def _embedder(config, params, features):
 
     stub = types.SimpleNamespace(has_clap_audio=True, clap_features=features, sampling_rate=16000,
                                  clap_config=config, clap=ClapModel(config), params={"clap": params}, mesh=None,
-                                 _compiled={}, timings=types.SimpleNamespace(compile=0.0))
+                                 _compiled={}, attention="auto")
 
     @contextlib.contextmanager
     def mesh_context(batch):  # no mesh: inputs on the default device
         yield lambda x, batched=True: None if x is None else jnp.asarray(x)
 
     stub._mesh_context = mesh_context
-    stub._compile = lambda key, fn, args: AudioLDM2Pipeline._compile(stub, key, fn, args)
+    stub._compile = lambda key, fn, args, timings=None: AudioLDM2Pipeline._compile(stub, key, fn, args, timings)
     return lambda waves, seed: AudioLDM2Pipeline.clap_audio_embeddings(stub, waves, seed)
 
 

@@ -1,5 +1,6 @@
-"""The full-size training configs (configs/audioldm2_{base,large,music}.py, configs/scaling.py) and the model-size
-helpers of configs/sizes.py.
+"""The full-size training configs (configs/audioldm2_{base,large,music}.py, configs/scaling.py, packaged in
+audioldm2_jax/configs/) and the model-size helpers of configs/sizes.py; how ``--config`` paths name them, their
+argument parser, and the stage graph they read from the stage classes.
 
 Nothing full-size is compiled: configs are validated and their model dataclasses built; parameter counts come from
 ``jax.eval_shape`` and are checked against the published numbers and against diffusers' PyTorch UNet built on the
@@ -9,7 +10,6 @@ PyTorch's FLOP counter on the same model.
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,21 +18,21 @@ from diffusers.models.attention_processor import AttnProcessor
 from diffusers.pipelines.audioldm2.modeling_audioldm2 import AudioLDM2UNet2DConditionModel
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from audioldm2_jax.configs import common, sizes
+from audioldm2_jax.configs import smoke as packaged_smoke
+from audioldm2_jax.models.audiomae import loa_token_count
+from audioldm2_jax.models.unet import UNetConfig, context_dims
+from audioldm2_jax.train import config as config_lib
+from audioldm2_jax.train.stages import STAGE_ORDER, STAGES, stage_class, stage_dependencies, stage_inputs
 
-from audioldm2_jax.models.audiomae import loa_token_count  # noqa: E402
-from audioldm2_jax.models.unet import UNetConfig, context_dims  # noqa: E402
-from audioldm2_jax.train import config as config_lib  # noqa: E402
-from audioldm2_jax.train.stages import stage_class  # noqa: E402
-from configs import common, sizes  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CONFIG_FILES = ("audioldm2_base", "audioldm2_large", "audioldm2_music", "scaling")
-PUBLISHED_UNET = json.loads((ROOT / "configs/published/audioldm2-base/unet.json").read_text())
+PUBLISHED_UNET = json.loads((ROOT / "audioldm2_jax/configs/published/audioldm2-base/unet.json").read_text())
 
 
 def load(name: str, arg: str):
-    return config_lib.load_config_file(str(ROOT / "configs" / f"{name}.py") + f":{arg}")
+    return config_lib.load_config_file(f"configs/{name}.py:{arg}")
 
 
 def stage_components(stage: str) -> tuple[str, ...]:
@@ -53,7 +53,7 @@ def diffusers_count(config: UNetConfig) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stage", common.STAGE_ORDER)
+@pytest.mark.parametrize("stage", STAGE_ORDER)
 @pytest.mark.parametrize("name", CONFIG_FILES)
 def test_config_validates_and_builds_its_models(name, stage):
     c = load(name, stage)
@@ -68,7 +68,7 @@ def test_config_validates_and_builds_its_models(name, stage):
     assert tuple(c.ldm.loa_lambdas) == (1, 2, 4, 8) and c.ldm.cond_dropout == 0.1 and c.ldm.scale_by_std
     assert c.batch_size % 8 == 0 and c.num_steps > 0 and c.optimizer.warmup_steps < c.num_steps
     # Earlier stages' exports are where link_stages puts them.
-    for component, producer in common.STAGE_INPUTS[stage].items():
+    for component, producer in stage_class(stage).reads_from.items():
         assert c.init[component].endswith(f"/{producer}/export") or (name == "scaling" and component == "unet"), \
             (component, c.init[component])
 
@@ -141,7 +141,7 @@ def test_published_unet_parameter_counts():
     base = config_lib.model_config(load("audioldm2_base", "ldm"), "unet")
     large = config_lib.model_config(load("audioldm2_large", "ldm"), "unet")
     n_base, n_large = sizes.unet_param_count(base), sizes.unet_param_count(large)
-    # configs/published/README.md: 346.9M (base, exact to 0.1M); "about 718M" (large)
+    # audioldm2_jax/configs/published/README.md: 346.9M (base, exact to 0.1M); "about 718M" (large)
     assert abs(n_base / 346.9e6 - 1) < 1e-3, n_base
     assert abs(n_large / 718e6 - 1) < 1e-3, n_large
     assert (n_base, n_large) == (diffusers_count(base), diffusers_count(large))
@@ -212,3 +212,72 @@ def test_training_flops_of_a_small_preset_against_pytorch_counter():
     reference = counter.get_total_flops()
     assert 2.5 < reference / forward < 3.0  # the reference itself: backward ~2x forward
     assert abs(ours / reference - 1) < 0.05, (ours, reference)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Config paths, the config files' argument parser, the stage graph
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_config_paths_name_the_packaged_files_from_any_directory(tmp_path, monkeypatch):
+    """``configs/<name>.py`` names the packaged file from any working directory (as ``--config`` reads it); a file
+    that exists at the given path wins; a missing one is an error naming it and the packaged configs."""
+    packaged = Path(packaged_smoke.__file__)
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here
+    assert config_lib.resolve_config_path("configs/smoke.py") == packaged
+    assert (config_lib.resolve_config_spec("configs/quickstart.py:ldm,micro=1")
+            == f"{packaged.parent}/quickstart.py:ldm,micro=1")
+    assert config_lib.load_config_file("configs/smoke.py").to_dict() == packaged_smoke.get_config().to_dict()
+    assert config_lib.load_config_file(str(packaged)).to_dict() == packaged_smoke.get_config().to_dict()
+
+    own = tmp_path / "configs" / "smoke.py"  # a user's own file of the same name
+    own.parent.mkdir()
+    own.write_text("from audioldm2_jax.configs import smoke\n\n\ndef get_config(arg=''):\n"
+                   "    c = smoke.get_config()\n    c.num_steps = 3\n    return c\n")
+    assert config_lib.resolve_config_path("configs/smoke.py") == Path("configs/smoke.py")
+    assert config_lib.load_config_file("configs/smoke.py").num_steps == 3
+    with pytest.raises(FileNotFoundError, match=r"'configs/nothing.py' does not exist .*configs/smoke.py"):
+        config_lib.load_config_file("configs/nothing.py:ldm")
+
+
+def test_one_argument_parser_for_every_config_file():
+    assert common.parse_arg("ldm, root=/r,steps=5", ("root", "steps")) == ("ldm", {"root": "/r", "steps": "5"})
+    assert common.parse_arg("joint,root=a=b", ("root",)) == ("joint", {"root": "a=b"})
+    for arg, message in (("", "'': the first field must be a stage"), ("speech", "'speech': the first field"),
+                         ("ldm,root", "unknown option 'root'"), ("ldm,colour=red", "unknown option 'colour=red'")):
+        with pytest.raises(ValueError, match=message):
+            common.parse_arg(arg, ("root",))
+    # Every config file that takes options reads them with it: an unknown option is refused, naming it (the
+    # quickstart's used to be ignored).
+    for name in CONFIG_FILES + ("audioldm2_speech", "quickstart"):
+        with pytest.raises(ValueError, match="unknown option 'colour=red'"):
+            load(name, "ldm,colour=red")
+        with pytest.raises(ValueError, match="first field must be a stage"):
+            load(name, "toy")
+
+
+def test_stage_graph_comes_from_the_stage_classes():
+    """The training graph of the paper (what each stage reads from earlier exports; the joint stage carries the
+    vocoder so that its export is a complete model), written out by hand; the order trains producers first."""
+    assert STAGE_ORDER == ("vae", "vocoder", "audiomae", "ldm", "gpt2", "joint") and STAGES == STAGE_ORDER + ("toy",)
+    expected = {
+        "vae": {}, "vocoder": {}, "audiomae": {},
+        "ldm": {"vae": "vae", "audiomae": "audiomae"},
+        "gpt2": {"audiomae": "audiomae"},
+        "joint": {"unet": "ldm", "vae": "ldm", "audiomae": "audiomae", "gpt2": "gpt2", "projection": "gpt2",
+                  "vocoder": "vocoder"},
+    }
+    assert {stage: stage_inputs(stage) for stage in STAGE_ORDER} == expected
+    assert stage_class("joint").carries_from == {"vocoder": "vocoder"}
+    for stage in STAGE_ORDER:
+        assert all(STAGE_ORDER.index(d) < STAGE_ORDER.index(stage) for d in stage_dependencies(stage)), stage
+        assert stage_class(stage).name == stage
+    assert stage_dependencies("joint") == ("vocoder", "audiomae", "ldm", "gpt2")
+    # link_stages points init at those exports, and at the shared text encoders the stage runs frozen.
+    for stage in STAGE_ORDER:
+        c = common.base_config()
+        common.link_stages(c, stage, "/r", text_dir="/t")
+        linked = {k: v for k, v in c.init.items() if v}
+        text = {e: f"/t/{e}" for e in ("t5", "clap") if e in stage_class(stage).frozen_components}
+        assert linked == {**{k: f"/r/{v}/export" for k, v in expected[stage].items()}, **text}, stage
+    assert set(text) == {"t5", "clap"}  # joint runs both

@@ -13,6 +13,7 @@ import pytest
 
 from audioldm2_jax.audio import io as audio_io
 from audioldm2_jax.data import procedural as P
+from audioldm2_jax.eval import procedural as E
 
 NUM_CLIPS = 18
 
@@ -85,15 +86,15 @@ def test_sub_vocabulary_and_batch_fields():
 def test_estimators_on_generated_clips(clips):
     for attributes, record in clips:
         wave = record["waveform"]
-        scores = P.score_clip(wave, attributes)
-        assert all(scores.values()), (attributes, scores, P.timbre_features(wave), P.estimate_pitch_classes(wave))
+        scores = E.score_clip(wave, attributes)
+        assert all(scores.values()), (attributes, scores, E.timbre_features(wave), E.estimate_pitch_classes(wave))
         # wrong expectations must fail
         if attributes.pitch_classes:
             shifted = [(P.pitch_class_index(name) + 2) % 12 for name in attributes.pitch_classes]
-            assert not P.check_pitch_class(wave, shifted)
+            assert not E.check_pitch_class(wave, shifted)
         wrong_family = P.FAMILIES[(P.FAMILIES.index(attributes.family) + 1) % len(P.FAMILIES)]
-        assert not P.check_instrument_family(wave, wrong_family)
-        assert not P.check_onset_rate(wave, 2.5 * attributes.onset_rate)
+        assert not E.check_instrument_family(wave, wrong_family)
+        assert not E.check_onset_rate(wave, 2.5 * attributes.onset_rate)
 
 
 def test_estimators_survive_noise_and_band_limiting(clips):
@@ -102,20 +103,20 @@ def test_estimators_survive_noise_and_band_limiting(clips):
         wave = record["waveform"].astype(np.float64)
         noisy = wave + rng.standard_normal(len(wave)) * np.sqrt(np.mean(wave ** 2) / 100.0)  # 20 dB SNR
         degraded = audio_io.resample(audio_io.resample(noisy.astype(np.float32), 16000, 11025), 11025, 16000)
-        scores = P.score_clip(degraded[:len(wave)], attributes)
+        scores = E.score_clip(degraded[:len(wave)], attributes)
         assert all(scores.values()), (attributes, scores)
 
 
 def test_estimator_inputs():
-    assert P.check_pitch_class(np.sin(2 * np.pi * 440 * np.arange(16000) / 16000), "A")
-    assert P.check_pitch_class(np.sin(2 * np.pi * 466.16 * np.arange(16000) / 16000), "Bb")
-    assert P.check_instrument_family(np.sin(2 * np.pi * 440 * np.arange(16000) / 16000), "sine")
-    assert P.estimate_onset_rate(np.zeros(16000)) == 0.0
-    assert P.estimate_pitch_classes(np.zeros(16000)) == []
+    assert E.check_pitch_class(np.sin(2 * np.pi * 440 * np.arange(16000) / 16000), "A")
+    assert E.check_pitch_class(np.sin(2 * np.pi * 466.16 * np.arange(16000) / 16000), "Bb")
+    assert E.check_instrument_family(np.sin(2 * np.pi * 440 * np.arange(16000) / 16000), "sine")
+    assert E.estimate_onset_rate(np.zeros(16000)) == 0.0
+    assert E.estimate_pitch_classes(np.zeros(16000)) == []
     with pytest.raises(ValueError, match="unknown pitch class"):
-        P.check_pitch_class(np.zeros(16000), "H")
+        E.check_pitch_class(np.zeros(16000), "H")
     with pytest.raises(ValueError, match="unknown instrument family"):
-        P.check_instrument_family(np.zeros(16000), "brass")
+        E.check_instrument_family(np.zeros(16000), "brass")
 
 
 @pytest.mark.parametrize("instruments", [("sawtooth", "square"), P.PITCHED_INSTRUMENTS])
@@ -134,9 +135,9 @@ def test_pitch_class_from_log_mel(instruments):
             log_mel = log_mel_spectrogram(P.render(attributes, rng))
             noisy = log_mel + 0.3 * rng.standard_normal(log_mel.shape)
             for spectrogram in (log_mel, noisy):
-                assert P.estimate_pitch_class_from_log_mel(spectrogram, instruments) == attributes.root, (
+                assert E.estimate_pitch_class_from_log_mel(spectrogram, instruments) == attributes.root, (
                     instrument, midi)
     with pytest.raises(ValueError, match=r"\[frames, mel_bins\]"):
-        P.estimate_pitch_class_from_log_mel(np.zeros(64))
+        E.estimate_pitch_class_from_log_mel(np.zeros(64))
     with pytest.raises(ValueError, match="has no pitch"):
-        P.estimate_pitch_class_from_log_mel(np.zeros((10, 64)), ("drum",))
+        E.estimate_pitch_class_from_log_mel(np.zeros((10, 64)), ("drum",))

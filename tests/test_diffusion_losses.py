@@ -14,7 +14,7 @@ from diffusers import DDIMScheduler
 from audioldm2_jax.diffusion import (
     NoiseSchedule, add_noise, diffusion_loss, draw_timesteps_and_noise, training_target, velocity)
 
-PUBLISHED = json.loads((Path(__file__).resolve().parents[1] / "configs/published/audioldm2-base/scheduler.json").read_text())
+PUBLISHED = json.loads((Path(__file__).resolve().parents[1] / "audioldm2_jax/configs/published/audioldm2-base/scheduler.json").read_text())
 SHAPE = (6, 8, 12, 4)
 
 

@@ -62,6 +62,18 @@ def _weight_norm(module):
     return module
 
 
+def _conv_stack(disc, x):
+    """HiFi-GAN's discriminator body: ``disc.convs`` each followed by LeakyReLU(0.1), then ``disc.conv_post``.
+    Returns ``(logits flattened to [B, -1], feature maps after every conv)``."""
+    fmaps = []
+    for layer in disc.convs:
+        x = tnn.functional.leaky_relu(layer(x), 0.1)
+        fmaps.append(x)
+    x = disc.conv_post(x)
+    fmaps.append(x)
+    return torch.flatten(x, 1, -1), fmaps
+
+
 class TorchPeriodDisc(tnn.Module):
     def __init__(self, period, cfg: HifiGanDiscriminatorConfig):
         super().__init__()
@@ -78,13 +90,7 @@ class TorchPeriodDisc(tnn.Module):
         if n % self.period:
             x = tnn.functional.pad(x, (0, self.period - n % self.period), "reflect")
         x = x.view(b, c, -1, self.period)
-        fmaps = []
-        for layer in self.convs:
-            x = tnn.functional.leaky_relu(layer(x), 0.1)
-            fmaps.append(x)
-        x = self.conv_post(x)
-        fmaps.append(x)
-        return torch.flatten(x, 1, -1), fmaps
+        return _conv_stack(self, x)
 
 
 class TorchMPD(tnn.Module):
@@ -108,13 +114,7 @@ class TorchScaleDisc(tnn.Module):
         self.conv_post = norm(tnn.Conv1d(chans[-1], 1, 3, 1, padding=1))
 
     def forward(self, x):
-        fmaps = []
-        for layer in self.convs:
-            x = tnn.functional.leaky_relu(layer(x), 0.1)
-            fmaps.append(x)
-        x = self.conv_post(x)
-        fmaps.append(x)
-        return torch.flatten(x, 1, -1), fmaps
+        return _conv_stack(self, x)
 
 
 class TorchMSD(tnn.Module):

@@ -20,11 +20,12 @@ from conftest import assert_close, perturb_every_tensor
 from diffusers.pipelines.audioldm2.pipeline_audioldm2 import AudioLDM2Pipeline
 from flax import traverse_util
 
-from audioldm2_jax.convert.gpt2 import gpt2_state_dict_to_params, load_gpt2
+from audioldm2_jax import components
+from audioldm2_jax.convert import gpt2
 from audioldm2_jax.convert.weights import CheckpointError, load_state_dict
 from audioldm2_jax.models.gpt2 import GPT2Config, GPT2Model, generate_loa
 
-REFERENCE = (Path(__file__).resolve().parents[1] / "configs/published/audioldm2-base/language_model.json")
+REFERENCE = (Path(__file__).resolve().parents[1] / "audioldm2_jax/configs/published/audioldm2-base/language_model.json")
 WIDTH = 32
 LENGTH = 10
 
@@ -94,7 +95,7 @@ def forward(config: GPT2Config):
 def test_forward_matches_transformers(tmp_path, case):
     model_class, overrides = CASES[case]
     _, reference = save_reference(model_class, upstream_config(**overrides), tmp_path)
-    config, params = load_gpt2(tmp_path)
+    config, params, _ = components.load("gpt2", tmp_path)
     ids, types_, embeds, mask = prompts(config.vocab_size)
     model = forward(config)
     with torch.no_grad():
@@ -113,7 +114,7 @@ def test_reordered_upcast_eager_attention(tmp_path):
     queries that have a key; the eager path's additive mask spreads a keyless query over every key)."""
     save_reference(transformers.GPT2Model, upstream_config(reorder_and_upcast_attn=True), tmp_path)
     reference = transformers.GPT2Model.from_pretrained(tmp_path, attn_implementation="eager").eval()
-    config, params = load_gpt2(tmp_path)
+    config, params, _ = components.load("gpt2", tmp_path)
     assert config.reorder_and_upcast_attn
     _, _, embeds, mask = prompts()
     with torch.no_grad():
@@ -127,7 +128,7 @@ def test_a_wrong_mapping_is_caught(tmp_path):
     """The perturbed reference is not blind to a wrong mapping: swapping the query and key thirds of c_attn's bias
     fails the comparison."""
     _, reference = save_reference(transformers.GPT2Model, upstream_config(), tmp_path)
-    config, params = load_gpt2(tmp_path)
+    config, params, _ = components.load("gpt2", tmp_path)
     bias = params["h_1"]["attn"]["c_attn"]["bias"]
     params["h_1"]["attn"]["c_attn"]["bias"] = np.concatenate([bias[WIDTH:2 * WIDTH], bias[:WIDTH], bias[2 * WIDTH:]])
     _, _, embeds, mask = prompts()
@@ -153,8 +154,8 @@ def checkpoints(tmp_path_factory):
 def test_layouts_load_to_identical_params(checkpoints):
     folder, _, _ = checkpoints
     assert any(k.startswith("transformer.") for k in load_state_dict(folder / "lm"))
-    config_base, params_base = load_gpt2(folder / "base")
-    config_lm, params_lm = load_gpt2(folder / "lm")
+    config_base, params_base, _ = components.load("gpt2", folder / "base")
+    config_lm, params_lm, _ = components.load("gpt2", folder / "lm")
     assert config_base == config_lm
     flat_base, flat_lm = traverse_util.flatten_dict(params_base), traverse_util.flatten_dict(params_lm)
     assert flat_base.keys() == flat_lm.keys()
@@ -165,7 +166,7 @@ def test_layouts_load_to_identical_params(checkpoints):
 @pytest.mark.parametrize("max_new_tokens", [8, 20])
 def test_generate_loa_matches_pipeline(checkpoints, max_new_tokens):
     folder, _, lm = checkpoints
-    config, params = load_gpt2(folder / "base")
+    config, params, _ = components.load("gpt2", folder / "base")
     _, _, embeds, mask = prompts()
     # diffusers' method only uses `self.language_model`; it runs on current transformers with the LM-head class.
     pipeline = types.SimpleNamespace(language_model=lm)
@@ -221,15 +222,15 @@ def test_config_and_errors(checkpoints):
         generate_loa(GPT2Model(small), {}, np.zeros((1, 10, WIDTH), np.float32), None, 4)
 
     folder, _, _ = checkpoints
-    config, _ = load_gpt2(folder / "lm")
+    config, _, _ = components.load("gpt2", folder / "lm")
     state = load_state_dict(folder / "lm")
     state["transformer.h.0.attn.bias"] = np.ones((1, 1, 64, 64), np.float32)  # old causal-mask buffer: ignored
-    gpt2_state_dict_to_params(state, config)
+    gpt2.to_flax(state, config)
     del state["transformer.h.1.mlp.c_fc.weight"]
     state["transformer.h.0.attn.c_proj.weight"] = np.zeros((3, 3), np.float32)
     state["transformer.h.0.crossattention.c_attn.weight"] = np.zeros((3, 3), np.float32)  # not a cross-attn config
     with pytest.raises(CheckpointError) as info:
-        gpt2_state_dict_to_params(state, config, source="gpt2-test")
+        gpt2.to_flax(state, config, source="gpt2-test")
     message = str(info.value)
     assert "h_1/mlp/c_fc/kernel" in message and "transformer.h.0.attn.c_proj.weight" in message
     assert "transformer.h.0.crossattention.c_attn.weight" in message and "gpt2-test" in message

@@ -91,3 +91,36 @@ def test_sharded_step_matches_one_device(sharded):
     loss, grads = built.step(params, silent, jax.random.key(1))
     assert np.isfinite(float(loss))
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize("policy", ["full", "save_dots", "save_dots_no_batch"])
+def test_remat_policies_change_memory_not_numbers(policy):
+    """A named remat policy wraps every transformer block (encoder ViT, local-decoder Swin) in ``jax.checkpoint`` with
+    that policy, and the loss and gradients stay those of the plain model (reference: ``remat="none"``)."""
+    import dataclasses
+
+    from audioldm2_jax.models.layers import REMAT_POLICIES
+
+    fbank = np.random.default_rng(1).standard_normal((2, CONFIG.input_frames, CONFIG.mel_bins)).astype(np.float32)
+    plain, remat = MaskedAutoencoder(CONFIG), MaskedAutoencoder(dataclasses.replace(CONFIG, remat=policy))
+    params = random_params(nn.unbox(jax.eval_shape(
+        lambda r: plain.init(r, fbank, np.zeros((2, CONFIG.num_patches), np.float32)), jax.random.key(0)))["params"])
+    run = lambda model: jax.jit(lambda p, b, r: mae_loss_and_grads(p, b, r, model=model))  # noqa: E731
+    ref_loss, ref_grads = run(plain)(params, {"fbank": fbank}, jax.random.key(3))
+    loss, grads = run(remat)(params, {"fbank": fbank}, jax.random.key(3))
+    assert abs(float(loss) - float(ref_loss)) <= 1e-6 * abs(float(ref_loss))
+    assert_grads_close(grads, ref_grads, rel=1e-5)
+    jaxpr = str(jax.make_jaxpr(lambda p: mae_loss_and_grads(p, {"fbank": fbank}, jax.random.key(3), model=remat))(
+        params))
+    assert jaxpr.count("checkpoint[") + jaxpr.count("remat") >= CONFIG.depth + CONFIG.decoder_depth
+    jax_policy = REMAT_POLICIES[policy]  # a function or a DotsSaveable object; the jaxpr prints either
+    name = getattr(jax_policy, "__name__", None)
+    assert (f"policy=<function {name} " if name else f"policy={jax_policy!r}") in jaxpr
+    assert "checkpoint[" not in str(jax.make_jaxpr(
+        lambda p: mae_loss_and_grads(p, {"fbank": fbank}, jax.random.key(3), model=plain))(params))
+
+
+def test_remat_names_are_checked():
+    assert AudioMAEConfig(remat=True).remat == "full" and AudioMAEConfig(remat=False).remat == "none"
+    with pytest.raises(ValueError, match="remat='layerwise' is not one of none, full, save_dots"):
+        AudioMAEConfig(remat="layerwise")

@@ -26,6 +26,7 @@ import jax
 import numpy as np
 import pytest
 import soundfile
+import toy_faults
 
 from audioldm2_jax import launch
 from audioldm2_jax.data import pipeline as data_pipeline
@@ -319,7 +320,8 @@ def test_two_processes_train_as_one_survive_a_kill_and_share_checkpoints(tmp_pat
     workdir = tmp_path / "two"
     checkpoints = workdir / "checkpoints"
     log = tmp_path / "train_log.txt"
-    with start(train_command(workdir, **{"toy.sleep_seconds": 1.0}), env, log) as group:
+    with start(train_command(workdir, stage=toy_faults.STAGE), toy_faults.environment(env, sleep_seconds=1.0),
+               log) as group:
         _wait_until(lambda: (checkpoints / "2").is_dir() and (workdir / "metrics.jsonl").is_file()
                     and max(losses_by_step(workdir)) >= 3, group, 300, "checkpoint 2 and step 3")
         group.send_signal(1, signal.SIGKILL)

@@ -11,11 +11,10 @@ import pytest
 import torch
 from conftest import assert_close
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
-from pipeline_fixtures import reference_latents, tiny_checkpoint
+from pipeline_fixtures import checkpoint_and_pipeline_fixtures, reference_latents
 
-from audioldm2_jax import AudioLDM2Pipeline
 from audioldm2_jax.audio.clap_features import clap_input_features, resample_for_clap
-from audioldm2_jax.pipeline import NonFiniteOutputError
+from audioldm2_jax.pipeline import NonFiniteOutputError, Timings
 
 # The second prompt is longer than the T5 tokenizer's 16 tokens (truncated, and it sets the batch's T5 length) and
 # than CLAP's 24; the negatives pad / truncate to the prompts' T5 length as in the reference.
@@ -27,14 +26,7 @@ DURATION = 0.36
 STEPS = 3
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("tiny-text"), "text")
-
-
-@pytest.fixture(scope="module")
-def pipe(checkpoint):
-    return AudioLDM2Pipeline.from_pretrained(checkpoint[0])
+checkpoint, pipe = checkpoint_and_pipeline_fixtures("text")
 
 
 def run_reference(reference, scheduler_class, latents, **kwargs):
@@ -53,8 +45,9 @@ def test_ddim_with_negative_prompts_and_ranking(checkpoint, pipe, monkeypatch):
     monkeypatch.setattr(reference, "score_waveforms", lambda text, audio, **kwargs: audio)
     unranked = run_reference(reference, DDIMScheduler, latents, prompt=PROMPTS, negative_prompt=NEGATIVES,
                              num_waveforms_per_prompt=2)
-    ours = pipe(PROMPTS, negative_prompt=NEGATIVES, audio_length_in_s=DURATION, num_inference_steps=STEPS,
-                num_waveforms_per_prompt=2, latents=latents)
+    out = pipe.generate(PROMPTS, negative_prompt=NEGATIVES, audio_length_in_s=DURATION, num_inference_steps=STEPS,
+                        num_waveforms_per_prompt=2, latents=latents)
+    ours = out.waveforms
     assert ours.dtype == np.float32 and ours.shape == unranked.shape == (4, 5760)
 
     features = clap_input_features(resample_for_clap(unranked, 16000, pipe.clap_features.sampling_rate),
@@ -65,13 +58,13 @@ def test_ddim_with_negative_prompts_and_ranking(checkpoint, pipe, monkeypatch):
     own = np.stack([logits.numpy()[p, 2 * p:2 * p + 2] for p in range(2)])  # [prompt, its waveforms]
     order = np.concatenate([2 * p + np.argsort(-own[p], kind="stable") for p in range(2)])
     print(f"own-prompt scores {own.tolist()}, order {order.tolist()}")
-    np.testing.assert_array_equal(pipe.last_ranking, order)
+    np.testing.assert_array_equal(out.ranking, order)
     assert sorted(order[:2]) == [0, 1] and sorted(order[2:]) == [2, 3]
 
     expected = unranked[order]
     err = assert_close(ours, expected, rel=1e-4, what="waveforms (ddim, ranked)")
     print(f"ddim: max abs error {np.abs(ours - expected).max():.2e} (scale {np.abs(expected).max():.3f}, "
-          f"relative {err:.1e}); timings {pipe.timings}")
+          f"relative {err:.1e}); timings {out.timings}")
     assert expected.std() > 0.05  # the comparison is not made on silence
 
 
@@ -80,18 +73,19 @@ def test_dpm_solver_matches_diffusers(checkpoint, pipe):
     _, reference = checkpoint
     latents = reference_latents(2, DURATION, seed=1)
     expected = run_reference(reference, DPMSolverMultistepScheduler, latents, prompt=PROMPTS, guidance_scale=2.5)
-    ours = pipe(PROMPTS, audio_length_in_s=DURATION, num_inference_steps=STEPS, guidance_scale=2.5,
-                scheduler="dpmsolver++", latents=latents)
+    out = pipe.generate(PROMPTS, audio_length_in_s=DURATION, num_inference_steps=STEPS, guidance_scale=2.5,
+                        scheduler="dpmsolver++", latents=latents)
+    ours = out.waveforms
     assert ours.shape == expected.shape == (2, 5760)
     err = assert_close(ours, expected, rel=1e-4, what="waveform (dpmsolver++)")
     print(f"dpmsolver++: max abs error {np.abs(ours - expected).max():.2e} (scale {np.abs(expected).max():.3f}, "
-          f"relative {err:.1e}); timings {pipe.timings}")
+          f"relative {err:.1e}); timings {out.timings}")
     # The guidance scale is a traced argument (no recompilation) and the conditioning reaches the audio.
     compiled = len(pipe._compiled)
-    other = pipe(PROMPTS, negative_prompt=NEGATIVES, audio_length_in_s=DURATION, num_inference_steps=STEPS,
-                 guidance_scale=3.5, scheduler="dpmsolver++", latents=latents)
-    assert len(pipe._compiled) == compiled and pipe.timings.compile == 0.0
-    assert np.abs(other[1] - ours[1]).max() > 1e-2
+    other = pipe.generate(PROMPTS, negative_prompt=NEGATIVES, audio_length_in_s=DURATION,
+                          num_inference_steps=STEPS, guidance_scale=3.5, scheduler="dpmsolver++", latents=latents)
+    assert len(pipe._compiled) == compiled and other.timings.compile == 0.0
+    assert np.abs(other.waveforms[1] - ours[1]).max() > 1e-2
 
 
 def test_return_mel_is_the_reference_vae_decoding(checkpoint, pipe):
@@ -205,7 +199,8 @@ def test_max_new_tokens_bound_matches_the_reference(checkpoint, pipe):
     with torch.no_grad():
         expected = reference.encode_prompt(PROMPTS, "cpu", 1, False, max_new_tokens=76)[2].numpy()
     request = pipe._validate(PROMPTS, None, None, DURATION, STEPS, 1.0, 1, "ddim", 0.0, 0, None, 76)
-    _, loa, _, _ = pipe._encode(request)  # guidance off: the prompts' rows only
+    _, (loa, _, _) = pipe._encode(request, Timings())  # guidance off: the prompts' rows only
+    loa = np.asarray(loa)
     assert loa.shape == expected.shape == (2, 76, 32)
     err = assert_close(loa, expected, rel=1e-4, what="LOA at the longest max_new_tokens")
     print(f"LOA at max_new_tokens=76: max abs error {np.abs(loa - expected).max():.2e} (relative {err:.1e})")

@@ -11,10 +11,8 @@ import pytest
 import soundfile
 from pipeline_fixtures import tiny_checkpoint
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import sample  # noqa: E402  (the top-level script)
-
-from audioldm2_jax.pipeline import Clip, read_prompts, run_sampling_job  # noqa: E402
+from audioldm2_jax import sample
+from audioldm2_jax.sample import Clip, read_prompts, run_sampling_job
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +130,7 @@ def test_diverged_clip_is_named_not_written_and_fails_the_run(checkpoint, tmp_pa
     out = tmp_path / "out"
     monkeypatch.setattr(sys, "argv", ["sample.py", "--checkpoint", str(broken), "--out", str(out)] + common)
     with pytest.raises(SystemExit) as info:
-        runpy.run_path(str(Path(sample.__file__)), run_name="__main__")
+        runpy.run_path(str(Path(__file__).resolve().parents[1] / "sample.py"), run_name="__main__")
     assert info.value.code == 1
     captured = capsys.readouterr()
     print(captured.out, captured.err)

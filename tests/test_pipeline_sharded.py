@@ -45,20 +45,21 @@ def test_parameters_are_sharded_by_logical_axes(pipes):
 def one_device(pipes):
     """2 prompts x 2 waveforms on one device: (ranked waveforms, ranking)."""
     single, _ = pipes
-    waveforms = single(PROMPTS, num_waveforms_per_prompt=2, **KWARGS)
-    print(f"one device: {single.timings}")
-    return waveforms, single.last_ranking
+    out = single.generate(PROMPTS, num_waveforms_per_prompt=2, **KWARGS)
+    print(f"one device: {out.timings}")
+    return out.waveforms, out.ranking
 
 
 def test_sharded_batch_matches_one_device(pipes, one_device):
     _, sharded = pipes
     expected, ranking = one_device
     # 4 rows (8 with guidance) over data x fsdp = 4; CLAP ranking included.
-    ours = sharded(PROMPTS, num_waveforms_per_prompt=2, **KWARGS)
-    np.testing.assert_array_equal(sharded.last_ranking, ranking)
+    out = sharded.generate(PROMPTS, num_waveforms_per_prompt=2, **KWARGS)
+    ours = out.waveforms
+    np.testing.assert_array_equal(out.ranking, ranking)
     err = assert_close(ours, expected, rel=1e-5, what="8-device waveforms")
     print(f"sharded batch: max abs error {np.abs(ours - expected).max():.2e} (relative {err:.1e}); "
-          f"mesh {sharded.timings}")
+          f"mesh {out.timings}")
 
 
 def test_indivisible_batch_is_replicated(pipes, one_device, caplog):

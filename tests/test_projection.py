@@ -10,11 +10,12 @@ import torch
 from conftest import assert_close
 from diffusers.pipelines.audioldm2.modeling_audioldm2 import AudioLDM2ProjectionModel as TorchProjection
 
-from audioldm2_jax.convert.projection import load_projection, projection_state_dict_to_params
+from audioldm2_jax import components
+from audioldm2_jax.convert import projection
 from audioldm2_jax.convert.weights import CheckpointError, load_state_dict
 from audioldm2_jax.models.projection import AudioLDM2ProjectionModel, ProjectionConfig
 
-REFERENCE = (Path(__file__).resolve().parents[1] / "configs/published/audioldm2-base/projection_model.json")
+REFERENCE = (Path(__file__).resolve().parents[1] / "audioldm2_jax/configs/published/audioldm2-base/projection_model.json")
 DIMS = dict(text_encoder_dim=16, text_encoder_1_dim=24, langauge_model_dim=32)
 LENGTH_1 = 7
 
@@ -44,7 +45,7 @@ def inputs():
 def test_projection_matches_diffusers(tmp_path, speech):
     extra = dict(use_learned_position_embedding=True, max_seq_length=LENGTH_1) if speech else {}
     reference = reference_model(tmp_path, **extra)
-    config, params = load_projection(tmp_path)
+    config, params, _ = components.load("projection", tmp_path)
     assert config.use_learned_position_embedding == speech
     clap, t5, clap_mask, t5_mask = inputs()
     with torch.no_grad():
@@ -80,7 +81,7 @@ def test_config_and_errors(tmp_path):
         ProjectionConfig.from_diffusers({**DIMS, "use_learned_position_embedding": True})
 
     reference_model(tmp_path, use_learned_position_embedding=True, max_seq_length=LENGTH_1)
-    config, params = load_projection(tmp_path)
+    config, params, _ = components.load("projection", tmp_path)
     with pytest.raises(ValueError, match="max_seq_length"):
         clap, t5, _, _ = inputs()
         AudioLDM2ProjectionModel(config).apply({"params": params}, clap, t5[:, :5])
@@ -88,7 +89,7 @@ def test_config_and_errors(tmp_path):
     del state["eos_embed_1"]
     state["learnable_positional_embedding"] = np.zeros((1, 24, 9), np.float32)
     with pytest.raises(CheckpointError) as info:
-        projection_state_dict_to_params(state, config, source="projection-test")
+        projection.to_flax(state, config, source="projection-test")
     message = str(info.value)
     assert "eos_embed_1" in message and "learnable_positional_embedding" in message
     assert "projection-test" in message

@@ -11,9 +11,11 @@ import re
 import numpy as np
 import pytest
 
+from audioldm2_jax import components, quickstart
 from audioldm2_jax.audio.io import read_audio
-from audioldm2_jax.data.procedural import check_pitch_class, estimate_pitch_class_from_log_mel
-from audioldm2_jax.train import quickstart
+from audioldm2_jax.configs import quickstart as qs
+from audioldm2_jax.eval.procedural import check_pitch_class, estimate_pitch_class_from_log_mel
+from audioldm2_jax.train.stages import STAGE_ORDER
 
 NUM_PROMPTS = 3
 
@@ -36,12 +38,12 @@ def _caption_note(caption: str) -> str:
 
 def test_every_stage_exports(job):
     root, report = job
-    qs, common = quickstart._configs()
-    for stage in common.STAGE_ORDER:
+    for stage in STAGE_ORDER:
         config = quickstart.stage_config(stage, root, micro=True)
         assert quickstart.export_complete(root / stage, stage, config.num_steps), stage
         for name in quickstart.expected_exports(stage):
-            assert (root / stage / "export" / name / "params.safetensors").is_file(), (stage, name)
+            folder = root / stage / "export" / components.get(name).folder
+            assert (folder / components.get(name).weights_file).is_file(), (stage, name)
         assert (root / f"loss_{stage}.png").is_file(), stage
         assert report["timings"][stage]["status"].startswith("trained"), report["timings"][stage]
     joint = set(quickstart.expected_exports("joint"))
@@ -52,7 +54,7 @@ def test_every_stage_exports(job):
 
 def test_samples_are_written(job):
     root, report = job
-    settings = quickstart._configs()[0].sampling_settings(micro=True)
+    settings = qs.sampling_settings(micro=True)
     wavs = sorted((root / "samples").glob("*.wav"))
     assert len(wavs) == NUM_PROMPTS
     for wav in wavs:
@@ -69,7 +71,7 @@ def test_report_accuracy_matches_a_recount(job):
     lines = [line.split("|") for line in (root / "prompts.txt").read_text().splitlines() if line]
     assert len(lines) == NUM_PROMPTS
     hits, mel_hits = [], []
-    settings = quickstart._configs()[0].sampling_settings(micro=True)
+    settings = qs.sampling_settings(micro=True)
     for caption, name in lines:
         wave, rate = read_audio(root / "samples" / f"{name}.wav")
         hits.append(check_pitch_class(wave, _caption_note(caption), rate))
@@ -84,7 +86,7 @@ def test_report_accuracy_matches_a_recount(job):
     saved = json.loads((root / "report.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(report["summary"]))
     assert "pitch_class" in (root / "report.md").read_text()
-    for stage in quickstart._configs()[1].STAGE_ORDER:
+    for stage in STAGE_ORDER:
         assert report["timings"][stage]["wall_s"] > 0
     phases = ("text", "stages", "sample", "score")  # the stages' own entries overlap inside "stages"
     assert report["total_wall_s"] >= sum(report["timings"][p]["wall_s"] for p in phases) - 1e-6

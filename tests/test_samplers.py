@@ -24,7 +24,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
 from audioldm2_jax.diffusion import (
     DDIMSampler, NoiseSchedule, SAMPLER_NAMES, make_sampler, sample_loop)
 
-PUBLISHED = json.loads((Path(__file__).resolve().parents[1] / "configs/published/audioldm2-base/scheduler.json").read_text())
+PUBLISHED = json.loads((Path(__file__).resolve().parents[1] / "audioldm2_jax/configs/published/audioldm2-base/scheduler.json").read_text())
 SHAPE = (2, 8, 12, 4)  # [B, C, T, F] latents, small
 REL = 1e-6
 
@@ -128,6 +128,22 @@ def teacher_forced_steps(sampler, inputs, model_outputs, noises=None):
     return np.asarray(run(inputs, model_outputs, None if noises is None else noises[:sampler.num_steps]))
 
 
+def check_timesteps(name, config, ref, step_counts):
+    """Our sampler's timesteps (int32) equal those of ``ref`` (the diffusers scheduler built from ``config``) for each
+    step count; where the Runge-Kutta warm-up needs 4 steps, both refuse fewer."""
+    for steps in step_counts:
+        if name == "pndm" and not ref.config.skip_prk_steps and steps < 4:
+            with pytest.raises(ValueError):
+                ref.set_timesteps(steps)
+            with pytest.raises(ValueError, match="skip_prk_steps"):
+                make_sampler(name, config, steps)
+            continue
+        ref.set_timesteps(steps)
+        sampler = make_sampler(name, config, steps)
+        np.testing.assert_array_equal(sampler.timesteps, ref.timesteps.numpy(), err_msg=f"{name} {steps} steps")
+        assert sampler.timesteps.dtype == np.int32
+
+
 def check_steps(name, config, steps, eta=0.0):
     ref = reference_scheduler(name, config)
     p, q = denoiser_tables(ref.alphas_cumprod.numpy(), config.get("prediction_type", "epsilon"))
@@ -166,18 +182,7 @@ def test_schedule_tables_equal_diffusers_bit_for_bit(config):
                          ids=["ddim", "dpmsolver++", "pndm", "pndm-plms"])
 def test_timesteps_equal_diffusers(name, extra, spacing):
     config = dict(PUBLISHED, timestep_spacing=spacing, **extra)
-    ref = reference_scheduler(name, config)
-    for steps in (1, 2, 3, 4, 7, 9, 10, 20, 50, 200, 500):
-        if name == "pndm" and not extra and steps < 4:  # the Runge-Kutta warm-up needs 4 steps, in both
-            with pytest.raises(ValueError):
-                ref.set_timesteps(steps)
-            with pytest.raises(ValueError, match="skip_prk_steps"):
-                make_sampler(name, config, steps)
-            continue
-        ref.set_timesteps(steps)
-        sampler = make_sampler(name, config, steps)
-        np.testing.assert_array_equal(sampler.timesteps, ref.timesteps.numpy(), err_msg=f"{name} {steps} steps")
-        assert sampler.timesteps.dtype == np.int32
+    check_timesteps(name, config, reference_scheduler(name, config), (1, 2, 3, 4, 7, 9, 10, 20, 50, 200, 500))
 
 
 def test_published_config_values():

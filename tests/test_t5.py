@@ -18,11 +18,12 @@ import transformers
 from conftest import assert_close, perturb_every_tensor
 from transformers.models.t5.modeling_t5 import T5Attention as TorchT5Attention
 
-from audioldm2_jax.convert.t5 import load_t5, t5_state_dict_to_params
+from audioldm2_jax import components
+from audioldm2_jax.convert import t5
 from audioldm2_jax.convert.weights import CheckpointError, load_state_dict
 from audioldm2_jax.models.t5 import T5Config, T5EncoderModel, relative_position_buckets
 
-REFERENCE = (Path(__file__).resolve().parents[1] / "configs/published/audioldm2-base/text_encoder_2.json")
+REFERENCE = (Path(__file__).resolve().parents[1] / "audioldm2_jax/configs/published/audioldm2-base/text_encoder_2.json")
 LENGTH = 20  # longer than the smallest max_distance below, so log-spaced and clamped buckets are all used
 
 
@@ -111,7 +112,7 @@ def encode_fn(config: T5Config):
 def test_encoder_matches_transformers(tmp_path, case):
     model_class, make_config = CASES[case]
     model, encoder = save_reference(model_class, make_config(), tmp_path)
-    config, params = load_t5(tmp_path)
+    config, params, _ = components.load("t5", tmp_path)
     assert (config.dense_act_fn, config.is_gated_act) == (model.config.dense_act_fn, model.config.is_gated_act)
     ids, mask = padded_batch(config.vocab_size)
     expected = run_reference(encoder, ids, mask)
@@ -129,14 +130,14 @@ def test_untied_embeddings_use_the_encoders_table(tmp_path):
     _, encoder = save_reference(transformers.T5ForConditionalGeneration, v1_1_config(), tmp_path)
     state = load_state_dict(tmp_path)
     assert np.abs(state["shared.weight"] - state["encoder.embed_tokens.weight"]).max() > 0.1
-    config, params = load_t5(tmp_path)
+    config, params, _ = components.load("t5", tmp_path)
     np.testing.assert_array_equal(params["shared"]["embedding"], state["encoder.embed_tokens.weight"])
 
 
 def test_a_wrong_mapping_is_caught(tmp_path):
     """The perturbed reference is not blind to a swapped pair of parameters (here the q and k projections)."""
     model, encoder = save_reference(transformers.T5EncoderModel, upstream_config(), tmp_path)
-    config, params = load_t5(tmp_path)
+    config, params, _ = components.load("t5", tmp_path)
     attn = params["encoder"]["block_1"]["layer_0"]["SelfAttention"]
     attn["q"], attn["k"] = attn["k"], attn["q"]
     ids, mask = padded_batch()
@@ -200,20 +201,20 @@ def test_config_from_reference_and_errors():
 
 def test_checkpoint_errors_name_keys(tmp_path):
     save_reference(transformers.T5EncoderModel, upstream_config(feed_forward_proj="gated-gelu"), tmp_path)
-    config, _ = load_t5(tmp_path)
+    config, _, _ = components.load("t5", tmp_path)
     state = load_state_dict(tmp_path)
     # Either copy of the tied token table is enough.
     tied = dict(state)
     table = tied.pop("shared.weight", None)
     if table is not None:
         tied["encoder.embed_tokens.weight"] = table
-    t5_state_dict_to_params(tied, config)
+    t5.to_flax(tied, config)
     broken = dict(state)
     del broken["encoder.block.1.layer.1.DenseReluDense.wi_1.weight"]
     broken["encoder.block.0.layer.0.SelfAttention.q.weight"] = np.zeros((5, 5), np.float32)
     broken["encoder.extra.weight"] = np.zeros(3, np.float32)
     with pytest.raises(CheckpointError) as info:
-        t5_state_dict_to_params(broken, config, source="t5-test")
+        t5.to_flax(broken, config, source="t5-test")
     message = str(info.value)
     assert "encoder/block_1/layer_1/DenseReluDense/wi_1/kernel" in message
     assert "encoder.block.0.layer.0.SelfAttention.q.weight" in message

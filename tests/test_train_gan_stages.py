@@ -8,10 +8,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+import train_fixtures as testing
 
-from audioldm2_jax.train import components as comp
+from audioldm2_jax import components
 from audioldm2_jax.train import config as config_lib
-from audioldm2_jax.train import testing
 from audioldm2_jax.train.loop import Trainer
 from audioldm2_jax.train.metrics import read_jsonl
 
@@ -52,7 +52,7 @@ def test_vae_learns_to_reconstruct_and_switches_the_discriminator_on(tmp_path):
     after = _after_training(trainer, tmp_path)
     assert after["vae/rec_l1"] < 0.9 * rows[0]["vae/rec_l1"], (rows[0]["vae/rec_l1"], after["vae/rec_l1"])
 
-    config, params, extra = comp.load_component("vae", tmp_path / "export")
+    config, params, extra = components.load("vae", tmp_path / "export")
     assert config == trainer.stage.model_configs["vae"] and extra["stage"] == "vae"
     assert not (tmp_path / "export" / "discriminator").exists()  # training-only networks stay out of the export
 
@@ -85,7 +85,7 @@ def test_vocoder_learns_the_mel_to_waveform_map(tmp_path):
     after = _after_training(trainer, tmp_path)
     assert after["generator/mel_l1"] < 0.9 * rows[0]["generator/mel_l1"], (rows[0], after)
     assert after["generator/stft"] < rows[0]["generator/stft"], (rows[0], after)
-    config, _, _ = comp.load_component("vocoder", tmp_path / "export")
+    config, _, _ = components.load("vocoder", tmp_path / "export")
     assert config == trainer.stage.model_configs["vocoder"]
     assert not any((tmp_path / "export" / name).exists() for name in ("mpd", "msd"))
 

@@ -14,10 +14,11 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+import toy_faults
+import train_fixtures as testing
 from jax.sharding import PartitionSpec
 
 from audioldm2_jax.train import config as config_lib
-from audioldm2_jax.train import testing
 from audioldm2_jax.train.loop import NonFiniteError, Trainer, accumulate_gradients
 from audioldm2_jax.train.metrics import read_jsonl
 
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def smoke_config(**overrides):
-    c = config_lib.load_config_file(str(ROOT / "configs" / "smoke.py"))
+    c = config_lib.load_config_file("configs/smoke.py")  # the packaged config
     c.log.progress_bar = False
     c.log.tensorboard = False
     testing.override(c, **overrides)
@@ -110,8 +111,9 @@ def test_sharded_step_equals_the_one_device_step(sharded_trainer, tmp_path):
     assert state8.params["denoiser"]["denoiser"]["fc_in"]["kernel"].sharding.spec == PartitionSpec("fsdp", "tensor")
 
 
-def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tmp_path):
-    c = smoke_config(**{"toy.nan_steps": (2, 4)})
+def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tmp_path, monkeypatch):
+    monkeypatch.setenv(toy_faults.NAN_STEPS, "2,4")
+    c = smoke_config(stage=toy_faults.STAGE)
     trainer = Trainer.build(c, tmp_path / "skip")
     state = trainer.init_state(jax.random.key(0))
     key = jax.random.key(1)
@@ -126,9 +128,21 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tmp_path):
     assert any(not np.array_equal(a, c_) for a, c_ in zip(jax.tree.leaves(seen[3][0]), jax.tree.leaves(seen[4][0])))
     assert int(state.skipped) == 2
 
-    stop = smoke_config(**{"toy.nan_steps": (2, 100), "max_consecutive_nonfinite": 3, "num_steps": 10})
+    monkeypatch.setenv(toy_faults.NAN_STEPS, "2,100")
+    stop = smoke_config(stage=toy_faults.STAGE, **{"max_consecutive_nonfinite": 3, "num_steps": 10})
     with pytest.raises(NonFiniteError, match=r"3 consecutive steps .* non-finite"):
         Trainer.build(stop, tmp_path / "stop").run()
+
+
+def test_bad_fault_settings_are_refused_naming_them(monkeypatch):
+    """The test-only fault injection checks its settings as the config checks its keys."""
+    monkeypatch.setenv(toy_faults.SLEEP_SECONDS, "-1")
+    with pytest.raises(ValueError, match=r"TOY_SLEEP_SECONDS=-1.0 must be a number of seconds >= 0"):
+        Trainer.build(smoke_config(stage=toy_faults.STAGE), "unused")
+    monkeypatch.setenv(toy_faults.SLEEP_SECONDS, "0")
+    monkeypatch.setenv(toy_faults.NAN_STEPS, "2")
+    with pytest.raises(ValueError, match=r"TOY_NAN_STEPS='2' must be two integers 'start,stop'"):
+        Trainer.build(smoke_config(stage=toy_faults.STAGE), "unused")
 
 
 def test_restore_onto_another_mesh_continues_identically(sharded_trainer, tmp_path):
@@ -204,7 +218,9 @@ def test_hard_kill_and_preemption_resume_with_the_same_losses(tmp_path, tmp_path
     assert bad.returncode != 0 and "lrr" in out
 
     # 2. A hard kill (SIGKILL) after step 5: at most one checkpoint interval is lost.
-    proc = _train_subprocess(workdir, *common, "toy.sleep_seconds=0.25", env=env)
+    slow = [f"stage={toy_faults.STAGE}"]
+    slow_env = toy_faults.environment(env, sleep_seconds=0.25)
+    proc = _train_subprocess(workdir, *common, *slow, env=slow_env)
     _wait_for_step(proc, workdir, 5)
     proc.kill()
     proc.wait(timeout=60)
@@ -217,7 +233,7 @@ def test_hard_kill_and_preemption_resume_with_the_same_losses(tmp_path, tmp_path
     (partial / "state" / "junk").write_text("half-written")
 
     # 3. Resume, then preempt with SIGTERM: a checkpoint is saved at the current step and the exit status is 0.
-    proc = _train_subprocess(workdir, *common, "toy.sleep_seconds=0.25", env=env)
+    proc = _train_subprocess(workdir, *common, *slow, env=slow_env)
     _wait_for_step(proc, workdir, complete[-1] + 2)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)

@@ -6,6 +6,7 @@ config mistakes fail before compiling, naming the key, and configs/audioldm2_spe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import flax.linen as nn
@@ -13,14 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import train_fixtures as testing
 from conftest import assert_close
 from pipeline_fixtures import vits_tokenizer
 
 from audioldm2_jax.models.gpt2 import generate_loa
 from audioldm2_jax.models.vits_text import VitsTextEncoder
-from audioldm2_jax.train import components as comp
+from audioldm2_jax import components
 from audioldm2_jax.train import config as config_lib
-from audioldm2_jax.train import testing
 from audioldm2_jax.train.loop import Trainer, data_config
 from audioldm2_jax.train.metrics import read_jsonl
 from audioldm2_jax.train.stages import make_stage
@@ -29,7 +30,7 @@ JOINT_STEPS = 8
 PHONEMES = 24  # micro phoneme length: the projection's table length and the tokenizer's model_max_length
 # The fixture tokenizer's symbols: <pad> 0, space 1, a-z 2..27, <unk> 28.
 CHAR_ID = {" ": 1, **{chr(ord("a") + i): 2 + i for i in range(26)}}
-SPEECH_CONFIG = str(testing.ROOT / "configs" / "audioldm2_speech.py")
+SPEECH_CONFIG = "configs/audioldm2_speech.py"  # the packaged config file, from any working directory
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +62,8 @@ def _trained_vs_initial(trainer, workdir):
 
 
 def _saved_component(folder, name, config, seed):
-    params = jax.device_get(nn.unbox(comp.init_fn(name, config)(jax.random.key(seed))))
-    comp.save_component(folder, name, config, params)
+    params = jax.device_get(nn.unbox(components.init_fn(name, config)(jax.random.key(seed))))
+    components.save(name, folder, config, params)
     return params
 
 
@@ -86,9 +87,9 @@ def test_vits_component_reads_a_speech_checkpoint_folder(vits_dir, tmp_path):
     reference = _vits()  # 16-d, 2 layers, window 3, vocabulary 183
     reference.save_pretrained(str(tmp_path / "text_encoder_2"))
     shutil.copytree(vits_dir, tmp_path / "tokenizer_2")
-    cfg, params, _ = comp.load_component("vits", tmp_path)
-    comp.check_params_match("vits", cfg, params)
-    assert comp.load_component_config("vits", tmp_path) == cfg and cfg.window_size == 3
+    cfg, params, _ = components.load("vits", tmp_path)
+    components.get("vits").check_params(cfg, params)
+    assert components.get("vits").load_config(tmp_path) == cfg and cfg.window_size == 3
 
     c = testing.micro_config("gpt2")
     c.model.text_encoder_2, c.init.vits = "vits", str(tmp_path)
@@ -99,7 +100,7 @@ def test_vits_component_reads_a_speech_checkpoint_folder(vits_dir, tmp_path):
         common.find_tokenizer(c, "t5")  # the T5 tokenizer of a speech model: none (export copies VITS's)
     ids, mask = common.TranscriptionTokenizer(common.find_tokenizer(c, "vits"), PHONEMES)(
         np.asarray(["hello world", "a sawtooth note rising"]))
-    ours = comp.build("vits", cfg).apply({"params": params}, ids, mask).last_hidden_state
+    ours = components.get("vits").build(cfg).apply({"params": params}, ids, mask).last_hidden_state
     with torch.no_grad():
         ids_t, mask_t = torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(mask.astype(np.int64))
         expected = reference.text_encoder(ids_t, attention_mask=mask_t, padding_mask=mask_t.unsqueeze(-1).float())
@@ -123,9 +124,9 @@ def test_speech_ldm_trains_without_t5(tmp_path):
     print(f"speech ldm: loss on step 1's batch {before:.4f} -> {after:.4f} after 8 steps")
     assert after < 0.75 * before, (before, after)
     assert not {"t5_ids", "t5_mask"} & set(trainer.stage.host_batch(testing.first_batch(trainer)))
-    cfg, _, extra = comp.load_component("unet", tmp_path / "export")
+    cfg, _, extra = components.load("unet", tmp_path / "export")
     assert cfg.cross_attention_dim == ((None, 16),) * 2 and extra["stage"] == "ldm"
-    assert not (tmp_path / "export" / "t5").exists() and not (tmp_path / "export" / "tokenizer_2").exists()
+    assert not (tmp_path / "export" / "text_encoder_2").exists() and not (tmp_path / "export" / "tokenizer_2").exists()
 
     # Condition dropout leaves the UNet the zero LOA and no second stream: the conditions the UNet receives, caught
     # by a stand-in for the denoising loss (run eagerly: no UNet to compile), against AudioMAE's pooled features.
@@ -205,16 +206,16 @@ def test_speech_gpt2_learns_the_loa_and_exports_vits(tokenizers, vits_dir, tmp_p
     # VitsTokenizer as tokenizer_2; no T5.
     export = workdir / "export"
     for name in ("gpt2", "projection"):
-        cfg, params, extra = comp.load_component(name, export)
+        cfg, params, extra = components.load(name, export)
         assert cfg == trainer.stage.model_configs[name] and extra["stage"] == "gpt2"
-    cfg, params, _ = comp.load_component("projection", export)
+    cfg, params, _ = components.load("projection", export)
     assert cfg.use_learned_position_embedding and params["learnable_positional_embedding"].shape == (PHONEMES, 16)
-    cfg, params, _ = comp.load_component("vits", export)
+    cfg, params, _ = components.load("vits", export)
     assert cfg == config_lib.model_config(c, "vits")
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(vits_params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert comp.load_component_config("vits", export) == cfg
-    assert not (export / "t5").exists()
+    assert components.get("vits").load_config(export) == cfg
+    assert components.text_encoder_2_name(export) == "vits"
     tokenizer_config = json.loads((export / "tokenizer_2" / "tokenizer_config.json").read_text())
     assert tokenizer_config["tokenizer_class"] == "VitsTokenizer" and tokenizer_config["model_max_length"] == PHONEMES
     assert (export / "tokenizer" / "tokenizer_config.json").is_file()
@@ -314,12 +315,15 @@ def test_speech_joint_finetuning_lowers_the_loss_and_reads_the_phonemes(tokenize
     # the VitsTokenizer as tokenizer_2), no T5.
     export = tmp_path / "export"
     for name in ("unet", "gpt2", "projection"):
-        cfg, _, extra = comp.load_component(name, export)
-        assert cfg == trainer.stage.model_configs[name] and extra["stage"] == "joint", name
-    assert comp.load_component_config("unet", export).cross_attention_dim == ((None, 16),) * 2
+        cfg, _, extra = components.load(name, export)
+        if name == "unet":  # the export records the training clip length as the UNet's sample_size
+            cfg = dataclasses.replace(cfg, sample_size=None)
+        assert cfg == trainer.stage.model_configs[name], name
+        assert extra["stage"] == "joint", name
+    assert components.get("unet").load_config(export).cross_attention_dim == ((None, 16),) * 2
     for name in ("vae", "vits", "clap"):
-        assert (export / name / "component.json").is_file(), name
-    assert not (export / "t5").exists()
+        assert (export / components.get(name).folder / "training.json").is_file(), name
+    assert components.text_encoder_2_name(export) == "vits"
     tokenizer_config = json.loads((export / "tokenizer_2" / "tokenizer_config.json").read_text())
     assert tokenizer_config["tokenizer_class"] == "VitsTokenizer" and tokenizer_config["model_max_length"] == PHONEMES
 

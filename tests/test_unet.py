@@ -16,7 +16,7 @@ import torch
 from conftest import assert_close
 from diffusers.pipelines.audioldm2.modeling_audioldm2 import AudioLDM2UNet2DConditionModel
 
-from audioldm2_jax.convert.unet import load_unet
+from audioldm2_jax import components
 from audioldm2_jax.convert.weights import CheckpointError
 from audioldm2_jax.models.unet import AudioLDM2UNet, UNetConfig, context_dims
 
@@ -107,7 +107,7 @@ def test_unet_matches_diffusers(name, tmp_path):
         expected = ref(torch.from_numpy(sample), torch.from_numpy(t), encoder_hidden_states=torch.from_numpy(ctx0),
                        encoder_hidden_states_1=_opt(ctx1), encoder_attention_mask_1=_opt(mask1)).sample.numpy()
 
-    config, params = load_unet(tmp_path)
+    config, params, _ = components.load("unet", tmp_path)
     assert context_dims(config) == CONFIGS[name][1]
     model = AudioLDM2UNet(config)
     optional = lambda x: None if x is None else jnp.asarray(x)  # noqa: E731
@@ -132,7 +132,7 @@ def test_one_context_keeps_the_t5_entries_own_mask(tmp_path):
     with torch.no_grad():
         expected = ref(torch.from_numpy(sample), torch.from_numpy(t), encoder_hidden_states=torch.from_numpy(ctx),
                        encoder_attention_mask=torch.from_numpy(mask)).sample.numpy()
-    ours_config, params = load_unet(tmp_path)
+    ours_config, params, _ = components.load("unet", tmp_path)
     out = jax.jit(AudioLDM2UNet(ours_config).apply)({"params": params}, _nhwc(sample), jnp.asarray(t),
                                                     jnp.asarray(ctx), jnp.asarray(mask))
     err = assert_close(np.asarray(out).transpose(0, 3, 1, 2), expected, rel=1e-4, what="unet[one context, mask]")
@@ -140,7 +140,8 @@ def test_one_context_keeps_the_t5_entries_own_mask(tmp_path):
 
 
 def test_config_reads_published_base():
-    published = json.load(open(__file__.rsplit("/tests/", 1)[0] + "/configs/published/audioldm2-base/unet.json"))
+    published = json.load(open(__file__.rsplit("/tests/", 1)[0]
+                               + "/audioldm2_jax/configs/published/audioldm2-base/unet.json"))
     config = UNetConfig.from_diffusers(published)
     assert config.cross_attention_dim == ((None, 768, 1024),) * 4
     assert config.num_heads == (8, 8, 8, 8) and config.layers_per_block == (2, 2, 2, 2)
@@ -227,16 +228,16 @@ def test_bad_configs_and_weights_are_named(tmp_path):
     with pytest.raises(ValueError, match="resnet_time_scale_shift"):
         UNetConfig.from_diffusers(dict(CONFIGS["text"][0], resnet_time_scale_shift="scale_shift"))
     with pytest.raises(CheckpointError, match="config.json"):
-        load_unet(tmp_path)
+        components.load("unet", tmp_path)
     _save_reference(CONFIGS["speech"][0], tmp_path)
     # a config that disagrees with the weights: every misshaped key is named with both shapes
     cfg = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps(dict(cfg, block_out_channels=[16, 32, 64])))
     with pytest.raises(CheckpointError) as info:
-        load_unet(tmp_path)
+        components.load("unet", tmp_path)
     message = str(info.value)
     assert "misshaped" in message and "conv_out" not in message.split("misshaped")[0]
     assert "up_blocks.0.resnets.0.conv1.weight: checkpoint (48, 96, 3, 3)" in message
     (tmp_path / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="no weights in"):
-        load_unet(tmp_path)
+        components.load("unet", tmp_path)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import assert_close
 
-from audioldm2_jax.convert.vae import load_vae
+from audioldm2_jax import components
 from audioldm2_jax.convert.weights import CheckpointError
 from audioldm2_jax.models.vae import AutoencoderKL, DiagonalGaussian, VAEConfig
 
@@ -50,7 +50,7 @@ def _nhwc(t):
 
 def test_encode_decode_match_diffusers(saved):
     ref, path = saved
-    config, params = load_vae(path)
+    config, params, _ = components.load("vae", path)
     assert config.scaling_factor == pytest.approx(0.41) and config.downsample_factor == 4
     model = AutoencoderKL(config)
     # T = 30 frames is not a multiple of 4: the asymmetric padding of the downsamplers maps 30 -> 15 -> 7.
@@ -84,7 +84,7 @@ def test_forward_odd_latent_length_without_attention(tmp_path):
     quant_conv, where the latent length (5) is odd: 5 latent frames decode to 20."""
     ref = _reference(seed=1, mid_block_add_attention=False, use_quant_conv=False)
     ref.save_pretrained(tmp_path)
-    config, params = load_vae(tmp_path)
+    config, params, _ = components.load("vae", tmp_path)
     assert not config.mid_block_add_attention and not config.use_quant_conv
     mel = np.random.default_rng(1).normal(size=(1, 20, 12, 1)).astype(np.float32)
     recon, posterior = jax.jit(AutoencoderKL(config).apply)({"params": params}, mel)
@@ -108,24 +108,24 @@ def test_legacy_attention_names_load(saved, tmp_path):
     assert any(".proj_attn." in k for k in legacy)
     save_file(legacy, str(tmp_path / "diffusion_pytorch_model.safetensors"))
     (tmp_path / "config.json").write_text((path / "config.json").read_text())
-    _, params = load_vae(tmp_path)
-    _, expected = load_vae(path)
+    _, params, _ = components.load("vae", tmp_path)
+    _, expected, _ = components.load("vae", path)
     jax.tree.map(np.testing.assert_array_equal, params, expected)
 
 
 def test_bad_checkpoints(saved, tmp_path):
     _, path = saved
     with pytest.raises(CheckpointError, match="config.json"):
-        load_vae(tmp_path)
+        components.load("vae", tmp_path)
     config = json.loads((path / "config.json").read_text())
     # weights of a different width: every misshaped key is named
     (tmp_path / "config.json").write_text(json.dumps({**config, "latent_channels": 4}))
     (tmp_path / "diffusion_pytorch_model.safetensors").symlink_to(path / "diffusion_pytorch_model.safetensors")
     with pytest.raises(CheckpointError, match=r"misshaped[\s\S]*quant_conv\.weight"):
-        load_vae(tmp_path)
+        components.load("vae", tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({**config, "down_block_types": ["AttnDownEncoderBlock2D"] * 3}))
     with pytest.raises(CheckpointError, match="AttnDownEncoderBlock2D"):
-        load_vae(tmp_path)
+        components.load("vae", tmp_path)
 
 
 def test_config_validation():

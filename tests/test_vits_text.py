@@ -17,7 +17,8 @@ import torch
 import transformers
 from conftest import assert_close, perturb_every_tensor
 
-from audioldm2_jax.convert.vits_text import convert_vits_text_state_dict, load_vits_text
+from audioldm2_jax import components
+from audioldm2_jax.convert import vits_text
 from audioldm2_jax.convert.weights import CheckpointError
 from audioldm2_jax.models.vits_text import VitsTextConfig, VitsTextEncoder, mark_end_of_phonemes
 
@@ -82,7 +83,7 @@ def phonemes(vocab: int, length: int, seed: int):
 def compare(model, config, params, length, what):
     ids, mask = phonemes(config.vocab_size, length, length)
     ref = run_reference(model, ids, mask)
-    ours = encode_fn(config)(params, jnp.asarray(ids), jnp.asarray(mask))
+    ours = encode_fn(config)({"params": params}, jnp.asarray(ids), jnp.asarray(mask))
     assert ours.last_hidden_state.shape == (3, length, config.hidden_size)
     errors = [assert_close(a, b, what=f"{what} {name}") for name, a, b in
               zip(("last_hidden_state", "prior_means", "prior_log_variances"), ours, ref)]
@@ -94,7 +95,7 @@ def compare(model, config, params, length, what):
 @pytest.mark.parametrize("case", list(CASES))
 def test_hidden_states_match_reference(tmp_path, case):
     model = save_reference(tmp_path, **CASES[case])
-    config, params = load_vits_text(tmp_path)
+    config, params, _ = components.load("vits", tmp_path)
     for key in VitsTextConfig.__dataclass_fields__:
         assert getattr(config, key) == getattr(model.config, key), key
     # Longer and shorter than the relative window + 1 (the reference pads / slices its tables differently).
@@ -106,8 +107,8 @@ def test_a_wrong_mapping_is_caught(tmp_path):
     """With every tensor perturbed, swapping the q and k projection biases (which transformers starts at zero)
     fails the comparison."""
     model = save_reference(tmp_path)
-    config, params = load_vits_text(tmp_path)
-    attention = params["params"]["encoder"]["layers_1"]["attention"]
+    config, params, _ = components.load("vits", tmp_path)
+    attention = params["encoder"]["layers_1"]["attention"]
     attention["q_proj"]["bias"], attention["k_proj"]["bias"] = attention["k_proj"]["bias"], attention["q_proj"]["bias"]
     with pytest.raises(AssertionError, match="max abs error"):
         compare(model, config, params, 9, "VITS with q / k biases swapped")
@@ -145,4 +146,4 @@ def test_errors_name_the_key(tmp_path):
     state = {k: v.numpy() for k, v in model.state_dict().items()}
     del state["text_encoder.encoder.layers.1.attention.emb_rel_v"]
     with pytest.raises(CheckpointError, match="layers_1/attention/emb_rel_v"):
-        convert_vits_text_state_dict(state, config)
+        vits_text.to_flax(state, config)

@@ -11,8 +11,9 @@ import jax
 import numpy as np
 import pytest
 from conftest import assert_close
+from reference_init import fan_in_vocoder
 
-from audioldm2_jax.convert.vocoder import load_vocoder
+from audioldm2_jax import components
 from audioldm2_jax.convert.weights import CheckpointError
 from audioldm2_jax.models.vocoder import HifiGanVocoder, VocoderConfig
 
@@ -26,7 +27,7 @@ SMALL = dict(model_in_dim=16, upsample_initial_channel=64, upsample_rates=[5, 4,
              upsample_kernel_sizes=[16, 16, 8, 6], resblock_kernel_sizes=[3, 7],
              resblock_dilation_sizes=[[1, 3, 5], [1, 2]], leaky_relu_slope=0.2, normalize_before=True)
 FRAMES = 9
-PUBLISHED = Path(__file__).resolve().parents[1] / "configs/published/audioldm2-base"
+PUBLISHED = Path(__file__).resolve().parents[1] / "audioldm2_jax/configs/published/audioldm2-base"
 
 
 CASES = {
@@ -48,18 +49,7 @@ CASES = {
 def _reference(seed: int, weight_norm: bool = False, base: dict = SMALL, **overrides):
     torch.manual_seed(seed)
     model = transformers.SpeechT5HifiGan(transformers.SpeechT5HifiGanConfig(**{**base, **overrides})).eval()
-    with torch.no_grad():
-        # transformers' init (normal, std 0.01) shrinks the signal at every layer, leaving a ~1e-6 output: give every
-        # convolution a fan-in-scaled init (and biases) so that activations keep their scale and the comparison is
-        # not made on rounding noise.
-        for module in model.modules():
-            if isinstance(module, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
-                w = module.weight
-                fan_in = w.shape[0 if isinstance(module, torch.nn.ConvTranspose1d) else 1] * w.shape[2]
-                w.normal_(0.0, 1.0 / fan_in ** 0.5)
-                module.bias.normal_(0.0, 0.1)
-        model.mean.copy_(torch.randn_like(model.mean))
-        model.scale.copy_(1.0 + torch.rand_like(model.scale))
+    fan_in_vocoder(model)
     if weight_norm:
         model.apply_weight_norm()
     return model
@@ -71,7 +61,7 @@ def _vocode(config: VocoderConfig):
 
 
 def _compare(ref, folder, what):
-    config, params = load_vocoder(folder)
+    config, params, _ = components.load("vocoder", folder)
     mel = np.random.default_rng(0).normal(size=(2, FRAMES, config.model_in_dim)).astype(np.float32)
     ours = _vocode(config)(params, mel)
     with torch.no_grad():
@@ -98,7 +88,7 @@ def test_unbatched_spectrogram(tmp_path):
     """One [T, model_in_dim] spectrogram gives one [N] waveform, as in the reference."""
     ref = _reference(4)
     ref.save_pretrained(tmp_path)
-    config, params = load_vocoder(tmp_path)
+    config, params, _ = components.load("vocoder", tmp_path)
     mel = np.random.default_rng(1).normal(size=(FRAMES, config.model_in_dim)).astype(np.float32)
     ours = HifiGanVocoder(config).apply({"params": params}, mel)
     with torch.no_grad():
@@ -113,7 +103,7 @@ def test_a_wrong_mapping_is_caught(tmp_path):
     """With every tensor re-drawn, swapping the biases of a residual block's two convolutions fails the comparison."""
     ref = _reference(5)
     ref.save_pretrained(tmp_path)
-    config, params = load_vocoder(tmp_path)
+    config, params, _ = components.load("vocoder", tmp_path)
     block = params["resblocks_1"]
     block["convs1_0"]["bias"], block["convs2_0"]["bias"] = block["convs2_0"]["bias"], block["convs1_0"]["bias"]
     mel = np.random.default_rng(0).normal(size=(2, FRAMES, config.model_in_dim)).astype(np.float32)
@@ -168,32 +158,32 @@ def test_published_config_length():
 def test_bad_checkpoints(tmp_path):
     ref = _reference(2, normalize_before=False)
     ref.save_pretrained(tmp_path / "good")
-    config, params = load_vocoder(tmp_path / "good")
+    config, params, _ = components.load("vocoder", tmp_path / "good")
     assert "mean" not in params and "scale" not in params  # unused buffers are dropped
     bad = tmp_path / "bad"
     bad.mkdir()
     with pytest.raises(CheckpointError, match="config.json"):
-        load_vocoder(bad)
+        components.load("vocoder", bad)
     saved = json.loads((tmp_path / "good" / "config.json").read_text())
     (bad / "config.json").write_text(json.dumps(saved))
     with pytest.raises(CheckpointError, match="no weights"):
-        load_vocoder(bad)
+        components.load("vocoder", bad)
     (bad / "model.safetensors").symlink_to(tmp_path / "good" / "model.safetensors")
     (bad / "config.json").write_text(json.dumps({**saved, "upsample_initial_channel": 32}))
     with pytest.raises(CheckpointError, match=r"misshaped[\s\S]*upsampler\.0\.weight"):
-        load_vocoder(bad)
+        components.load("vocoder", bad)
     (bad / "config.json").write_text(json.dumps({**saved, "upsample_kernel_sizes": [4, 16, 8, 6]}))
     with pytest.raises(CheckpointError, match="upsample_kernel_sizes"):
-        load_vocoder(bad)
+        components.load("vocoder", bad)
     (bad / "config.json").write_text(json.dumps({**saved, "upsample_kernel_sizes": [16, 16, 8]}))
     with pytest.raises(CheckpointError, match="upsample_kernel_sizes has 3 entries"):
-        load_vocoder(bad)
+        components.load("vocoder", bad)
     (bad / "config.json").write_text(json.dumps({**saved, "resblock_kernel_sizes": [3, 4]}))
     with pytest.raises(CheckpointError, match="odd"):
-        load_vocoder(bad)
+        components.load("vocoder", bad)
     (bad / "config.json").write_text(json.dumps({**saved, "upsample_initial_channel": 8}))
     with pytest.raises(CheckpointError, match="upsample_initial_channel=8"):
-        load_vocoder(bad)
+        components.load("vocoder", bad)
 
 
 def test_fold_legacy_weight_norm():

@@ -26,6 +26,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from audioldm2_jax.audio import stft
+
 # transformers' ClapFeatureExtractor defaults: what a preprocessor_config.json that omits a key means.
 REFERENCE_DEFAULTS: dict[str, Any] = dict(
     sampling_rate=48000, feature_size=64, hop_length=480, fft_window_size=1024, max_length_s=10, frequency_min=0.0,
@@ -104,6 +106,15 @@ class ClapFeatureConfig:
             kw[name] = value
         return cls(**kw)
 
+    def to_preprocessor_config(self) -> dict:
+        """The ``preprocessor_config.json`` ``ClapFeatureExtractor.save_pretrained`` writes for these settings (the
+        inverse of :meth:`from_preprocessor_config`), with the keys it derives (``nb_frequency_bins``,
+        ``nb_max_samples``) and its padding defaults."""
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return dict(feature_extractor_type="ClapFeatureExtractor", **fields,
+                    nb_frequency_bins=self.fft_window_size // 2 + 1, nb_max_samples=self.max_samples,
+                    padding_side="right", padding_value=0.0, return_attention_mask=False)
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Mel filters and the log-mel spectrogram
@@ -165,13 +176,10 @@ def log_mel_spectrogram(waveform: np.ndarray, config: ClapFeatureConfig,
     if mel_filters is None:
         mel_filters = slaney_mel_filters(config.sampling_rate, n_fft, config.feature_size, config.frequency_min,
                                          config.frequency_max)
-    x = np.pad(np.asarray(waveform, np.float64), n_fft // 2, mode="reflect")
-    num_frames = 1 + (x.size - n_fft) // hop
-    frames = np.lib.stride_tricks.as_strided(x, (num_frames, n_fft), (x.strides[0] * hop, x.strides[0]))
-    window = np.hanning(n_fft + 1)[:-1]  # periodic Hann
-    # The reference keeps the spectrum in complex64 before taking the power; rounding it the same way keeps the
-    # low-energy bins (which dominate in dB) bit-for-bit close.
-    spectrum = np.fft.rfft(frames * window, axis=-1).astype(np.complex64)
+    window = np.hanning(n_fft + 1)[:-1]  # periodic Hann, built as the reference builds it
+    # Centred frames (reflect padding). The reference keeps the spectrum in complex64 before taking the power;
+    # rounding it the same way keeps the low-energy bins (which dominate in dB) bit-for-bit close.
+    spectrum = stft.stft(np.asarray(waveform, np.float64), window, hop, pad=n_fft // 2).astype(np.complex64)
     power = np.abs(spectrum, dtype=np.float64) ** 2
     mel = np.maximum(1e-10, power @ mel_filters)
     return (10.0 * np.log10(mel)).astype(np.float32)

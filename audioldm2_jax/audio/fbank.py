@@ -26,6 +26,8 @@ import functools
 
 import numpy as np
 
+from audioldm2_jax.audio import stft
+
 SAMPLE_RATE = 16000
 FRAME_LENGTH = 400  # 25 ms
 FRAME_SHIFT = 160  # 10 ms
@@ -75,19 +77,21 @@ def mel_banks(num_mel_bins: int = NUM_MEL_BINS, sample_rate: int = SAMPLE_RATE) 
     return banks
 
 
-@functools.lru_cache(maxsize=None)
 def kaldi_hanning_window() -> np.ndarray:
     """Kaldi's "hanning" window: the *symmetric* Hann window of 400 samples."""
-    n = np.arange(FRAME_LENGTH, dtype=np.float64)
-    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / (FRAME_LENGTH - 1))
-    window.setflags(write=False)
-    return window
+    return stft.hann_window(FRAME_LENGTH, periodic=False)
 
 
-def _frames_numpy(wave: np.ndarray) -> np.ndarray:
-    count = num_frames(wave.shape[-1])
-    frames = np.lib.stride_tricks.sliding_window_view(wave, FRAME_LENGTH, axis=-1)[..., ::FRAME_SHIFT, :]
-    return frames[..., :count, :]
+def power_spectrum(wave):
+    """``[..., N] -> [..., 1 + (N - 400) // 160, 257]``: Kaldi's per-frame DC removal, pre-emphasis, window and
+    512-point power spectrum (NumPy or JAX, in the input's dtype)."""
+    num_frames(wave.shape[-1])  # a clear error for a clip shorter than one frame
+    xp = wave.__array_namespace__()
+    frames = stft.frames(wave, FRAME_LENGTH, FRAME_SHIFT)
+    frames = frames - frames.mean(axis=-1, keepdims=True)
+    previous = xp.concatenate([frames[..., :1], frames[..., :-1]], axis=-1)
+    spectrum = stft.windowed_rfft(frames - PREEMPHASIS * previous, kaldi_hanning_window(), PADDED_LENGTH)
+    return xp.real(spectrum) ** 2 + xp.imag(spectrum) ** 2
 
 
 def kaldi_fbank(wave: np.ndarray, sample_rate: int = SAMPLE_RATE, num_mel_bins: int = NUM_MEL_BINS) -> np.ndarray:
@@ -103,12 +107,7 @@ def kaldi_fbank(wave: np.ndarray, sample_rate: int = SAMPLE_RATE, num_mel_bins: 
     if wave.ndim != 1:
         raise ValueError(f"kaldi_fbank expects a mono waveform [N], got shape {wave.shape} "
                          "(use kaldi_fbank_jnp for batches)")
-    frames = _frames_numpy(wave)
-    frames = frames - frames.mean(axis=-1, keepdims=True)
-    previous = np.concatenate([frames[..., :1], frames[..., :-1]], axis=-1)
-    frames = (frames - PREEMPHASIS * previous) * kaldi_hanning_window()
-    power = np.abs(np.fft.rfft(frames, n=PADDED_LENGTH, axis=-1)) ** 2  # [F, 257]
-    energies = power @ mel_banks(num_mel_bins, sample_rate).T
+    energies = power_spectrum(wave) @ mel_banks(num_mel_bins, sample_rate).T
     return np.log(np.maximum(energies, LOG_FLOOR)).astype(np.float32)
 
 
@@ -125,15 +124,7 @@ def kaldi_fbank_jnp(wave: "jax.Array", sample_rate: int = SAMPLE_RATE,
     import jax.numpy as jnp
 
     _check_sample_rate(sample_rate)
-    wave = jnp.asarray(wave, jnp.float32)
-    count = num_frames(wave.shape[-1])
-    index = np.arange(count)[:, None] * FRAME_SHIFT + np.arange(FRAME_LENGTH)[None, :]
-    frames = wave[..., index]  # [..., F, 400]
-    frames = frames - frames.mean(axis=-1, keepdims=True)
-    previous = jnp.concatenate([frames[..., :1], frames[..., :-1]], axis=-1)
-    frames = (frames - PREEMPHASIS * previous) * jnp.asarray(kaldi_hanning_window(), jnp.float32)
-    spectrum = jnp.fft.rfft(frames, n=PADDED_LENGTH, axis=-1)
-    power = jnp.real(spectrum) ** 2 + jnp.imag(spectrum) ** 2
+    power = power_spectrum(jnp.asarray(wave, jnp.float32))
     banks = jnp.asarray(mel_banks(num_mel_bins, sample_rate).T, jnp.float32)
     energies = jnp.matmul(power, banks, precision=jax.lax.Precision.HIGHEST)  # full fp32 on TPU too
     return jnp.log(jnp.maximum(energies, LOG_FLOOR))

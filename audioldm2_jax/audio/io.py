@@ -18,6 +18,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from audioldm2_jax.audio.mel import HOP_LENGTH, SAMPLE_RATE, log_mel_spectrogram
+
 
 class AudioDecodeError(RuntimeError):
     """An audio file that could not be decoded into samples; the message names the file and the reason."""
@@ -133,3 +135,23 @@ def resample(wave: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
         pad = [(0, target - out.shape[0])] + [(0, 0)] * (out.ndim - 1)
         out = np.pad(out, pad)
     return out
+
+
+def save_spectrogram_png(path: str | os.PathLike, waveform: np.ndarray, title: str = "") -> None:
+    """The clip's 64-bin log-mel spectrogram (the model's own front end) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mel = log_mel_spectrogram(waveform)  # [T, 64]
+    fig, ax = plt.subplots(figsize=(max(4.0, mel.shape[0] / 100), 3), dpi=100)
+    ax.imshow(mel.T, origin="lower", aspect="auto", cmap="magma",
+              extent=(0, mel.shape[0] * HOP_LENGTH / SAMPLE_RATE, 0, mel.shape[1]))
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("mel bin")
+    if title:
+        ax.set_title(title[:80], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -20,6 +20,8 @@ import functools
 
 import numpy as np
 
+from audioldm2_jax.audio import stft
+
 SAMPLE_RATE = 16000
 N_FFT = 1024
 WIN_LENGTH = 1024
@@ -52,13 +54,16 @@ def mel_basis() -> np.ndarray:
     return basis
 
 
-@functools.lru_cache(maxsize=None)
 def hann_window() -> np.ndarray:
     """Periodic Hann window of length 1024 (``torch.hann_window`` default, ``scipy.signal.get_window('hann')``)."""
-    n = np.arange(WIN_LENGTH, dtype=np.float64)
-    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / WIN_LENGTH)
-    window.setflags(write=False)
-    return window
+    return stft.hann_window(WIN_LENGTH)
+
+
+def spectrum(wave):
+    """``[..., N] -> [..., N // 160, 513]`` complex: the reflect-padded STFT of the front end (NumPy or JAX, in the
+    input's dtype)."""
+    _check_length(wave.shape[-1])
+    return stft.stft(wave, hann_window(), HOP_LENGTH, pad=PAD)
 
 
 def _check_length(num_samples: int) -> None:
@@ -76,19 +81,9 @@ def log_mel_spectrogram(wave: np.ndarray) -> np.ndarray:
     wave = np.asarray(wave, np.float64)
     if wave.ndim == 0:
         raise ValueError("log_mel_spectrogram expects a waveform [N] or [B, N], got a scalar")
-    _check_length(wave.shape[-1])
-    pad_width = [(0, 0)] * (wave.ndim - 1) + [(PAD, PAD)]
-    padded = np.pad(wave, pad_width, mode="reflect")
-    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT, axis=-1)[..., ::HOP_LENGTH, :]
-    magnitude = np.abs(np.fft.rfft(frames * hann_window(), n=N_FFT, axis=-1))  # [..., T, 513]
+    magnitude = np.abs(spectrum(wave))  # [..., T, 513]
     mel = magnitude @ mel_basis().T.astype(np.float64)  # [..., T, 64]
     return np.log(np.maximum(mel, LOG_FLOOR)).astype(np.float32)
-
-
-def frame_indices(num_samples_padded: int, frame_length: int, hop: int) -> np.ndarray:
-    """``[F, frame_length]`` sample indices of the frames of a signal (no partial frames)."""
-    count = 1 + (num_samples_padded - frame_length) // hop
-    return np.arange(count)[:, None] * hop + np.arange(frame_length)[None, :]
 
 
 def log_mel_spectrogram_jnp(wave: "jax.Array") -> "jax.Array":
@@ -102,13 +97,7 @@ def log_mel_spectrogram_jnp(wave: "jax.Array") -> "jax.Array":
     import jax  # imported here: the NumPy path (host input workers) never loads JAX
     import jax.numpy as jnp
 
-    wave = jnp.asarray(wave, jnp.float32)
-    _check_length(wave.shape[-1])
-    pad_width = [(0, 0)] * (wave.ndim - 1) + [(PAD, PAD)]
-    padded = jnp.pad(wave, pad_width, mode="reflect")
-    frames = padded[..., frame_indices(padded.shape[-1], N_FFT, HOP_LENGTH)]  # [..., T, 1024]
-    spectrum = jnp.fft.rfft(frames * jnp.asarray(hann_window(), jnp.float32), n=N_FFT, axis=-1)
-    magnitude = jnp.abs(spectrum)
+    magnitude = jnp.abs(spectrum(jnp.asarray(wave, jnp.float32)))
     # HIGHEST: TPUs otherwise multiply in bf16, which moves the log-mel by ~1e-2.
     mel = jnp.matmul(magnitude, jnp.asarray(mel_basis().T), precision=jax.lax.Precision.HIGHEST)
     return jnp.log(jnp.maximum(mel, LOG_FLOOR))

@@ -1,14 +1,20 @@
-"""AudioMAE checkpoints -> (``AudioMAEConfig``, Flax params ``{"encoder": ..., "decoder": ...}``).
+"""AudioMAE (the original repository's ViT-B/16 masked autoencoder) <-> ``MaskedAutoencoder`` here: its state dict
+<-> a bare Flax params tree ``{"encoder": ..., ["decoder": ...]}``, and ``AudioMAEConfig`` <-> a ``config.json`` of
+its fields (AudioMAE has no transformers class).
 
-Two sources hold the same timm-style ViT keys (``patch_embed.proj.weight``, ``cls_token``, ``pos_embed``,
-``blocks.N.attn.qkv.weight``, ``norm.weight``, ``decoder_*``, ``mask_token``):
+Every source holds the same timm-style ViT keys (``patch_embed.proj.weight``, ``cls_token``, ``pos_embed``,
+``blocks.N.attn.qkv.weight``, ``norm.weight``, ``decoder_*``, ``mask_token``), mapped by the shared rule of
+:mod:`~audioldm2_jax.convert.weights` (``blocks.3.attn.qkv.weight`` <-> ``encoder/blocks_3/attn/qkv/kernel``,
+``decoder_*`` / ``mask_token`` under ``decoder``, the rest under ``encoder``). The fixed sin-cos position tables
+(``pos_embed``, ``decoder_pos_embed``) are not parameters here: they are compared with the tables the model
+computes, which also tells which layout the checkpoint used, and written back for the reference.
+
+Besides the component folder the registry writes and reads (``config.json`` + ``model.safetensors``), two published
+pickles hold these keys; :func:`load_audiomae` reads them:
 
 - the AudioMAE release (``pretrained.pth``): a torch pickle whose ``model`` entry is the state dict;
 - an original AudioLDM 2 checkpoint: a Lightning pickle whose ``state_dict`` holds the AudioMAE of the LOA
   conditioner under a prefix such as ``cond_stage_models.0.cond_stage_models.2.audiomae.model.``.
-
-The fixed position tables (``pos_embed``, ``decoder_pos_embed``) are not parameters here; they are compared with
-the tables the model computes, which also tells which layout the checkpoint used.
 """
 
 from __future__ import annotations
@@ -16,17 +22,20 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from pathlib import Path
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 
-from audioldm2_jax.convert.weights import CheckpointError, convert_state_dict, load_state_dict
+from audioldm2_jax.convert.weights import CheckpointError, StateDict, convert_state_dict, load_state_dict, \
+    params_to_state_dict
 from audioldm2_jax.models.audiomae import (POS_EMBED_LAYOUTS, AudioMAEConfig, AudioMAEDecoder, AudioMAEEncoder,
                                            dummy_fbank, sincos_pos_embed)
 
 _DECODER_KEY = re.compile(r"^(decoder_|mask_token$)")
+# torch ModuleLists of the release's model (`blocks.3...`, `decoder_blocks.1...`).
+CONTAINERS = frozenset({"blocks", "decoder_blocks"})
+ARCHITECTURE = "AudioMAE"  # the config.json's `architectures` entry
 _ANCHORS = ("patch_embed.proj.weight", "cls_token", "blocks.0.attn.qkv.weight")
 
 
@@ -170,16 +179,64 @@ def load_audiomae(checkpoint: str | os.PathLike | Mapping[str, Any], config: Aud
                   with_decoder: bool | None = None, prefix: str | None = None,
                   **overrides) -> tuple[AudioMAEConfig, dict]:
     """An AudioMAE ``.pth`` (``model`` entry), an original AudioLDM 2 ``.pth`` (its AudioMAE sub-dictionary is found
-    by key), or an already loaded dict -> ``(config, params)`` with ``params = {"encoder": ..., "decoder": ...}``
-    (``decoder`` when converted). Errors name the file, key and shapes."""
+    by key, or under ``prefix``) or an already loaded dict -> ``(config, params)`` with ``params = {"encoder": ...,
+    "decoder": ...}`` (``decoder`` when converted). The config is inferred from the shapes unless given; a component
+    folder with ``config.json`` is read by ``components.load("audiomae", folder)``. Errors name the file, key and
+    shapes."""
     if isinstance(checkpoint, Mapping):
         source, loaded = "state dict", checkpoint
     else:
-        path = Path(checkpoint)
-        source, loaded = str(path), load_state_dict(path)
+        source, loaded = str(checkpoint), load_state_dict(checkpoint)
         if not isinstance(loaded, Mapping):
             raise CheckpointError(f"{source}: expected a dict, found {type(loaded).__name__}")
     sd, found = find_audiomae_state_dict(loaded, prefix, source)
     if found:
         source = f"{source} [{found}*]"
     return convert_audiomae_state_dict(sd, config, with_decoder=with_decoder, source=source, **overrides)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The component interface: config.json <-> AudioMAEConfig, state dict <-> params
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def config_to_json(config: AudioMAEConfig) -> dict:
+    """AudioMAE has no transformers class: its ``config.json`` is the ``AudioMAEConfig`` fields (pairs as lists)
+    with ``"architectures": ["AudioMAE"]``, read back by :func:`config_from_json`."""
+    fields = {name: list(value) if isinstance(value, tuple) else value
+              for name, value in dataclasses.asdict(config).items()}
+    return {"architectures": [ARCHITECTURE], **fields}
+
+
+def config_from_json(d: dict) -> AudioMAEConfig:
+    """The inverse of :func:`config_to_json`; missing fields take ``AudioMAEConfig``'s defaults, metadata keys
+    (``_name_or_path``, ...) are ignored, any other unknown key is a ``ValueError`` naming it."""
+    if d.get("architectures", [ARCHITECTURE]) != [ARCHITECTURE]:
+        raise ValueError(f"architectures={d['architectures']!r}: expected [{ARCHITECTURE!r}]")
+    fields = AudioMAEConfig.__dataclass_fields__
+    unknown = sorted(k for k in d if k not in fields and k != "architectures" and not k.startswith("_"))
+    if unknown:
+        raise ValueError(f"unknown AudioMAE config keys {unknown}; expected some of {sorted(fields)}")
+    return AudioMAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields})
+
+
+def to_flax(state_dict: Mapping[str, np.ndarray], config: AudioMAEConfig, source: str = "AudioMAE") -> dict:
+    """A release-layout state dict -> the params tree ``{"encoder": ..., ["decoder": ...]}`` for ``config`` (the
+    decoder when the state dict has one). Fixed position tables that ``config`` would not compute are an error."""
+    found, params = convert_audiomae_state_dict(state_dict, config, source=source)
+    if found != config:
+        raise CheckpointError(f"{source}: the position tables use the {found.pos_embed_layout!r} layout but the config "
+                              f"says {config.pos_embed_layout!r}")
+    return params
+
+
+def to_torch(params, config: AudioMAEConfig) -> StateDict:
+    """``{"encoder": ..., ["decoder": ...]}`` -> the release's state dict (the ``model`` entry of its ``.pth``):
+    timm key names, the local decoder's temperature as ``tau``, and the fixed sin-cos tables ``pos_embed`` /
+    ``decoder_pos_embed`` ``[1, 1 + T' F', dim]`` that the release stores beside the weights."""
+    out = params_to_state_dict(params, CONTAINERS, rename=lambda key: key.split(".", 1)[1])
+    out["pos_embed"] = sincos_pos_embed(config.embed_dim, config.grid, config.pos_embed_layout)[None]
+    if "decoder" in params:
+        out["decoder_pos_embed"] = sincos_pos_embed(config.decoder_embed_dim, config.grid,
+                                                    config.pos_embed_layout)[None]
+    return {key: np.ascontiguousarray(value, np.float32) for key, value in out.items()}

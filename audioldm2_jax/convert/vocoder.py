@@ -1,4 +1,10 @@
-"""transformers ``SpeechT5HifiGan`` checkpoint -> (``VocoderConfig``, Flax params).
+"""transformers ``SpeechT5HifiGan`` <-> ``HifiGanVocoder``: its ``config.json`` <-> ``VocoderConfig``, its state dict
+(``model.safetensors``) <-> a bare Flax params tree.
+
+Keys map by the shared rule of :mod:`~audioldm2_jax.convert.weights` (``resblocks.3.convs1.2.weight`` <->
+``resblocks_3/convs1_2/kernel``, Conv1d ``(out, in, k)`` <-> ``(k, in, out)``). Special cases: the upsamplers'
+ConvTranspose1d weights ``(in, out, k)`` <-> ``(k, in, out)``; the ``mean`` / ``scale`` buffers are parameters only
+with ``normalize_before``.
 
 Weight normalisation is folded here: checkpoints saved while ``weight_norm`` was applied hold ``weight_g`` /
 ``weight_v`` (``torch.nn.utils.weight_norm``) or ``parametrizations.weight.original0`` / ``original1``
@@ -8,19 +14,22 @@ Weight normalisation is folded here: checkpoints saved while ``weight_norm`` was
 
 from __future__ import annotations
 
-import os
 from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from audioldm2_jax.convert.weights import (CheckpointError, convert_state_dict, load_state_dict, read_config,
-                                           resolve_checkpoint)
+from audioldm2_jax.convert.weights import (TRANSFORMERS_VERSION, CheckpointError, StateDict, convert_state_dict,
+                                           params_to_state_dict)
 from audioldm2_jax.models.vocoder import HifiGanVocoder, VocoderConfig
 
 _WEIGHT_NORM_PAIRS = ((".weight_g", ".weight_v"),
                       (".parametrizations.weight.original0", ".parametrizations.weight.original1"))
+# The reference's ModuleList attributes (``upsampler.0``, ``resblocks.3.convs1.2``).
+_CONTAINERS = frozenset({"upsampler", "resblocks", "convs1", "convs2"})
+# ``SpeechT5HifiGanConfig.initializer_range``: only the reference's random init reads it.
+_INITIALIZER_RANGE = 0.01
 
 
 def vocoder_param_shapes(config: VocoderConfig):
@@ -46,34 +55,59 @@ def fold_weight_norm(state_dict: Mapping[str, np.ndarray], source: str = "checkp
     return out
 
 
+def _is_upsampler(path: tuple[str, ...]) -> bool:
+    return path[0].startswith("upsampler_") and path[-1] == "kernel"
+
+
 def _transform(path: tuple[str, ...], value: np.ndarray):
     # ConvTranspose1d stores [c_in, c_out, k]; ours is [k, c_in, c_out] (the default ConvNd rule would swap in/out).
-    if path[0].startswith("upsampler_") and path[-1] == "kernel":
-        return np.transpose(value, (2, 0, 1))
-    return None
+    return np.transpose(value, (2, 0, 1)) if _is_upsampler(path) else None
 
 
-def load_vocoder(folder: str | os.PathLike) -> tuple[VocoderConfig, dict]:
-    """Reads ``folder/config.json`` and its weights written by ``SpeechT5HifiGan.save_pretrained``.
+def _transform_back(path: tuple[str, ...], value: np.ndarray):
+    return np.transpose(value, (1, 2, 0)) if _is_upsampler(path) else None
 
-    The ``mean`` / ``scale`` buffers are kept only when ``normalize_before`` (the model has no use for them
-    otherwise). Raises ``CheckpointError`` for a missing config or weights file, an unsupported config and weights
-    that do not fit (every missing / unexpected / misshaped key).
-    """
-    folder = resolve_checkpoint(folder)
-    try:
-        config = VocoderConfig.from_transformers(read_config(folder))
-    except CheckpointError:
-        raise
-    except (ValueError, TypeError) as err:
-        raise CheckpointError(f"{folder / 'config.json'}: {err}") from err
-    state = fold_weight_norm(load_state_dict(folder), source=str(folder))
+
+def config_from_json(d: dict) -> VocoderConfig:
+    """``VocoderConfig.from_transformers``: ``ValueError`` for a config the reference cannot run."""
+    return VocoderConfig.from_transformers(d)
+
+
+def config_to_json(config: VocoderConfig) -> dict:
+    """The ``config.json`` ``SpeechT5HifiGan.save_pretrained`` writes for this architecture."""
+    c = config
+    return {
+        "architectures": ["SpeechT5HifiGan"], "model_type": "speecht5_hifigan", "dtype": "float32",
+        "transformers_version": TRANSFORMERS_VERSION, "initializer_range": _INITIALIZER_RANGE,
+        "model_in_dim": c.model_in_dim, "sampling_rate": c.sampling_rate,
+        "upsample_initial_channel": c.upsample_initial_channel, "upsample_rates": list(c.upsample_rates),
+        "upsample_kernel_sizes": list(c.upsample_kernel_sizes), "resblock_kernel_sizes": list(c.resblock_kernel_sizes),
+        "resblock_dilation_sizes": [list(d) for d in c.resblock_dilation_sizes],
+        "leaky_relu_slope": c.leaky_relu_slope, "normalize_before": c.normalize_before,
+    }
+
+
+def to_flax(state_dict: Mapping[str, np.ndarray], config: VocoderConfig, source: str = "vocoder") -> dict:
+    """The reference's state dict (plain or weight-normalised convolutions) -> a bare params tree. The ``mean`` /
+    ``scale`` buffers are kept only when ``normalize_before`` (the model has no use for them otherwise)."""
+    state = fold_weight_norm(state_dict, source=source)
 
     def rename(key: str) -> str | None:
         if key in ("mean", "scale") and not config.normalize_before:
             return None
         return key
 
-    params = convert_state_dict(state, vocoder_param_shapes(config), source=str(folder), rename=rename,
-                                transform=_transform)
-    return config, params
+    return convert_state_dict(state, vocoder_param_shapes(config), source=source, rename=rename,
+                              transform=_transform)
+
+
+def to_torch(params, config: VocoderConfig) -> StateDict:
+    """A bare params tree -> the reference's state dict (plain convolution weights, float32): the inverse of
+    :func:`to_flax`. The reference always holds the ``mean`` / ``scale`` buffers; without ``normalize_before`` they
+    are written at the values it initialises them to (zeros, ones), so that loading misses nothing."""
+    state = params_to_state_dict(params, _CONTAINERS, transform=_transform_back)
+    if not config.normalize_before:
+        state["mean"] = np.zeros((config.model_in_dim,), np.float32)
+        state["scale"] = np.ones((config.model_in_dim,), np.float32)
+    return state
+

@@ -282,3 +282,64 @@ def strip_prefix(prefix: str) -> Callable[[str], str | None]:
         return pattern.sub("", key) if pattern.match(key) else None
 
     return rename
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Flax parameters -> torch state dict (exports in the diffusers / transformers layout)
+# ----------------------------------------------------------------------------------------------------------------
+
+# The reference versions whose config.json an export imitates: ``save_pretrained`` writes its version as
+# ``_diffusers_version`` / ``transformers_version``; loaders only report it.
+DIFFUSERS_VERSION = "0.42.1"
+TRANSFORMERS_VERSION = "5.24.0"
+
+
+def path_to_torch_key(path: tuple[str, ...], containers: frozenset[str] | set[str]) -> str:
+    """The inverse of :func:`torch_key_to_path` for one model: ``('down_blocks_0', 'attentions_1', 'to_out_0',
+    'kernel')`` -> ``down_blocks.0.attentions.1.to_out.0.weight`` when ``containers`` holds the torch ModuleList /
+    Sequential names (``down_blocks``, ``attentions``, ``to_out``). A part such as ``linear_1`` whose stem is not a
+    container keeps its underscore (the torch attribute is called that), which is why the set is needed: the forward
+    map folds both spellings onto the same Flax name. ``kernel`` / ``scale`` / ``embedding`` become ``weight`` inside a
+    layer; a parameter of the root module keeps its name (the vocoder's ``scale`` buffer is ``scale`` in torch too:
+    Flax's layers, whose parameters have those names, are never the root)."""
+    parts = []
+    for part in path[:-1]:
+        stem, _, index = part.rpartition("_")
+        parts.append(f"{stem}.{index}" if index.isdigit() and stem in containers else part)
+    leaf = path[-1]
+    parts.append("weight" if leaf in ("kernel", "scale", "embedding") and len(path) > 1 else leaf)
+    return ".".join(parts)
+
+
+def default_transform_back(leaf: str, value: np.ndarray) -> np.ndarray:
+    """Flax layout -> torch layout for the standard layers: the inverse of :func:`default_transform`."""
+    if leaf == "kernel":
+        if value.ndim == 2:  # (in, out) -> Linear (out, in)
+            return value.T
+        if value.ndim >= 3:  # (*k, in, out) -> ConvNd (out, in, *k)
+            n = value.ndim
+            return np.transpose(value, (n - 1, n - 2) + tuple(range(n - 2)))
+    return value
+
+
+def params_to_state_dict(params, containers: frozenset[str] | set[str], *,
+                         rename: Callable[[str], str | None] | None = None,
+                         transform: Callable[[tuple[str, ...], np.ndarray], np.ndarray | None] | None = None
+                         ) -> StateDict:
+    """A Flax params tree -> a torch state dict (float32 / int host arrays, contiguous), the inverse of
+    :func:`convert_state_dict`: ``transform(path, value)`` may return the torch layout of a special leaf (else
+    None for :func:`default_transform_back`); ``rename(key)`` rewrites the torch key built by
+    :func:`path_to_torch_key` (None drops the leaf)."""
+    out: StateDict = {}
+    for path, value in traverse_util.flatten_dict(plain_params(params)).items():
+        value = np.asarray(value)
+        converted = transform(path, value) if transform else None
+        if converted is None:
+            converted = default_transform_back(path[-1], value)
+        key = path_to_torch_key(path, containers)
+        key = rename(key) if rename else key
+        if key is None:
+            continue
+        converted = _to_float32(np.asarray(converted))  # bfloat16 params are saved as float32
+        out[key] = np.ascontiguousarray(converted).reshape(converted.shape)  # (ascontiguousarray makes 0-d 1-d)
+    return out

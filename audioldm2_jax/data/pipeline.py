@@ -17,8 +17,10 @@ takes the iterator itself), and ``set_state()`` resumes exactly where it was: th
 with the same random crops and captions.
 
 Multi-process runs: global batch ``b`` is rows ``b * G .. (b + 1) * G - 1`` of the global stream (``G`` the global
-batch size), and process ``p`` of ``n`` reads only its rows ``p * L .. (p + 1) * L - 1`` of it (``L = G / n``),
-which :func:`global_batch` places at the same rows of the global array. The clips, their order and their random
+batch size), and each process reads only the rows its devices hold under the batch sharding (the trainer derives
+them from the ``act_batch`` rule: :func:`audioldm2_jax.parallel.partitioning.process_batch_rows`; by default process
+``p`` of ``n`` reads rows ``p * L .. (p + 1) * L - 1``, ``L = G / n``), which :func:`global_batch` places at the same
+rows of the global array. The clips, their order and their random
 crops depend on the seed and ``G`` only, so a run on 2 processes sees exactly the batches of a run on 1 process, and
 a state saved by ``n`` processes resumes on ``m`` (at the same global batch: ``batches`` in the state). The per-clip
 randomness is keyed by the position in the global stream, never by the process.
@@ -46,6 +48,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from audioldm2_jax.data import transforms
 from audioldm2_jax.data.procedural import ProceduralSource
 from audioldm2_jax.data.sources import ArrayRecordSource, ManifestSource, TFDSSource
+from audioldm2_jax.parallel.partitioning import DEFAULT_RULES, batch_sharding
 
 log = logging.getLogger(__name__)
 
@@ -225,13 +228,13 @@ class _DropUnusableIterator(grain.DatasetIterator):
 
 
 class ProcessRows(grain.MapDataset):
-    """Process ``index``'s rows of every global batch of ``parent``: element ``k`` is parent element
-    ``(start_batch + k // local) * global_batch + index * local + k % local``; whole global batches only."""
+    """One process's rows ``first .. first + local - 1`` of every global batch of ``parent``: element ``k`` is
+    parent element ``(start_batch + k // local) * global_batch + first + k % local``; whole global batches only."""
 
-    def __init__(self, parent: grain.MapDataset, global_batch: int, local_batch: int, index: int,
+    def __init__(self, parent: grain.MapDataset, global_batch: int, local_batch: int, first: int,
                  start_batch: int = 0):
         super().__init__(parent)
-        self._global, self._local, self._index, self._start = global_batch, local_batch, index, start_batch
+        self._global, self._local, self._first, self._start = global_batch, local_batch, first, start_batch
         self._batches = max(len(parent) // global_batch - start_batch, 0)
 
     def __len__(self) -> int:
@@ -239,7 +242,7 @@ class ProcessRows(grain.MapDataset):
 
     def _row(self, k: int) -> int:
         batch, row = divmod(k, self._local)
-        return (self._start + batch) * self._global + self._index * self._local + row
+        return (self._start + batch) * self._global + self._first + row
 
     def __getitem__(self, index):
         if isinstance(index, slice):
@@ -247,13 +250,13 @@ class ProcessRows(grain.MapDataset):
         return self._parent[self._row(index)]
 
     def __str__(self) -> str:
-        return (f"ProcessRows(process {self._index}: rows {self._index * self._local}.."
-                f"{(self._index + 1) * self._local - 1} of every {self._global}, from batch {self._start})")
+        return (f"ProcessRows(rows {self._first}..{self._first + self._local - 1} of every {self._global}, "
+                f"from batch {self._start})")
 
 
 # The parts of an iterator's fingerprint that only say how the global stream is split over processes: a state saved
 # under another split resumes at the same global batch.
-_LAYOUT_KEYS = ("process_index", "process_count", "local_batch_size", "num_workers")
+_LAYOUT_KEYS = ("process_index", "process_count", "local_batch_size", "first_row", "num_workers")
 
 
 class AudioBatchIterator(grain.DatasetIterator):
@@ -324,7 +327,7 @@ class AudioBatchIterator(grain.DatasetIterator):
 
 
 def make_dataset(config: Any, process_index: int | None = None, process_count: int | None = None,
-                 seed: int = 0, source=None) -> AudioBatchIterator:
+                 seed: int = 0, source=None, rows: tuple[int, int] | None = None) -> AudioBatchIterator:
     """This host's batch iterator (see the module docstring).
 
     Args:
@@ -333,6 +336,9 @@ def make_dataset(config: Any, process_index: int | None = None, process_count: i
         simulate hosts.
       seed: shuffling and per-clip randomness (crops, caption choice) derive from it.
       source: an already built source (otherwise made from the config).
+      rows: ``(first, stop)``, the rows of every global batch this process loads, as its devices hold them under
+        the batch sharding (:func:`audioldm2_jax.parallel.partitioning.process_batch_rows`; the trainer passes
+        them). Default: an equal share per process, ``process_index * L .. (process_index + 1) * L``.
     Raises:
       ValueError: an empty dataset, or one with fewer clips than hosts, or a batch size hosts cannot split.
     """
@@ -341,10 +347,18 @@ def make_dataset(config: Any, process_index: int | None = None, process_count: i
     process_count = jax.process_count() if process_count is None else int(process_count)
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} is outside process_count={process_count}")
-    if config.global_batch_size % process_count:
-        raise ValueError(f"global_batch_size={config.global_batch_size} does not split over {process_count} "
-                         "processes")
-    local_batch = config.global_batch_size // process_count
+    if rows is None:
+        if config.global_batch_size % process_count:
+            raise ValueError(f"global_batch_size={config.global_batch_size} does not split over {process_count} "
+                             "processes")
+        local_batch = config.global_batch_size // process_count
+        first_row = process_index * local_batch
+    else:
+        first_row, stop = (int(r) for r in rows)
+        if not 0 <= first_row < stop <= config.global_batch_size:
+            raise ValueError(f"rows={tuple(rows)} are not a non-empty range of the global batch of "
+                             f"{config.global_batch_size}")
+        local_batch = stop - first_row
     source = make_source(config) if source is None else source
     total = len(source)
     if total == 0:
@@ -366,8 +380,8 @@ def make_dataset(config: Any, process_index: int | None = None, process_count: i
     skip_log = SkipLog()
 
     def build(start_batch: int) -> grain.DatasetIterator:
-        rows = ProcessRows(ds, config.global_batch_size, local_batch, process_index, start_batch)
-        iter_ds = rows.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
+        process_rows = ProcessRows(ds, config.global_batch_size, local_batch, first_row, start_batch)
+        iter_ds = process_rows.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
                                                          prefetch_buffer_size=config.prefetch_buffer_size))
         if config.num_workers > 0:
             _ensure_absl_flags_parsed()
@@ -378,7 +392,7 @@ def make_dataset(config: Any, process_index: int | None = None, process_count: i
         return iter_ds.__iter__()
 
     fingerprint = {"source": repr(source), "clips": total, "process_index": process_index,
-                   "process_count": process_count, "local_batch_size": local_batch,
+                   "process_count": process_count, "local_batch_size": local_batch, "first_row": first_row,
                    "global_batch_size": config.global_batch_size, "seed": int(seed),
                    "clip_samples": config.clip_samples, "num_workers": config.num_workers}
     return AudioBatchIterator(build(0), skip_log, fingerprint, source, config, rebuild=build)
@@ -393,17 +407,12 @@ def _ensure_absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def _batch_spec(mesh: jax.sharding.Mesh) -> PartitionSpec:
-    axes = tuple(name for name in ("data", "fsdp") if name in mesh.axis_names)
-    return PartitionSpec(axes if axes else None)
-
-
 def global_batch(local_batch: Mapping[str, Any], mesh: jax.sharding.Mesh,
                  spec: PartitionSpec | None = None) -> dict:
-    """Each host's batch -> global ``jax.Array``s split along the batch over ``spec`` (default: the mesh's
-    ``data`` and ``fsdp`` axes, as the ``act_batch`` rule does). String arrays stay host-local NumPy arrays."""
-    spec = _batch_spec(mesh) if spec is None else spec
-    sharding = NamedSharding(mesh, spec)
+    """Each host's batch -> global ``jax.Array``s split along the batch over ``spec`` (default: the axes the
+    default rules map ``act_batch`` to, :func:`~audioldm2_jax.parallel.partitioning.batch_sharding`). String
+    arrays stay host-local NumPy arrays."""
+    sharding = batch_sharding(mesh, DEFAULT_RULES) if spec is None else NamedSharding(mesh, spec)
 
     def place(value):
         if isinstance(value, Mapping):

@@ -261,7 +261,33 @@ def _to_float_audio(samples: np.ndarray) -> np.ndarray:
     return samples.astype(np.float32)
 
 
-class TFDSSource:
+class _LazyRandomAccess:
+    """A random-access reader opened on first use in each process: a worker receives the source pickled without its
+    open reader (``__getstate__``) and opens its own. Subclasses implement ``_connect()`` and call
+    ``_open_and_count()`` at the end of ``__init__``."""
+
+    def _connect(self):
+        raise NotImplementedError
+
+    def _open_and_count(self) -> None:
+        self._source = None
+        self._length = len(self._open())
+
+    def _open(self):
+        if self._source is None:
+            self._source = self._connect()
+        return self._source
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_source"] = None
+        return state
+
+    def __len__(self) -> int:
+        return self._length
+
+
+class TFDSSource(_LazyRandomAccess):
     """A TFDS dataset read through ``tfds.data_source`` (random access, ArrayRecord), mapped onto records.
 
     Args:
@@ -307,23 +333,12 @@ class TFDSSource:
             feature = _feature_at(features, key)
             if isinstance(feature, tfds.features.ClassLabel) and feature.names:
                 self._label_names[key] = list(feature.names)
-        self._source = None
-        self._length = len(self._open())
+        self._open_and_count()
 
-    def _open(self):
-        if self._source is None:
-            import tensorflow_datasets as tfds
+    def _connect(self):
+        import tensorflow_datasets as tfds
 
-            self._source = tfds.data_source(self.name, split=self.split, data_dir=self.data_dir)
-        return self._source
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_source"] = None
-        return state
-
-    def __len__(self) -> int:
-        return self._length
+        return tfds.data_source(self.name, split=self.split, data_dir=self.data_dir)
 
     def __getitem__(self, index: int) -> dict:
         path = f"tfds:{self.name}/{self.split}[{int(index)}]"
@@ -404,7 +419,7 @@ def shard_paths(location) -> list[str]:
     return [location]
 
 
-class ArrayRecordSource:
+class ArrayRecordSource(_LazyRandomAccess):
     """Clips in ArrayRecord shards written by ``python -m audioldm2_jax.data.prepare`` (16 kHz int16 + text)."""
 
     def __init__(self, location):
@@ -414,23 +429,12 @@ class ArrayRecordSource:
         missing = [p for p in self.paths if not os.path.exists(p)]
         if missing:
             raise ValueError(f"ArrayRecord shards missing: {missing[:5]}")
-        self._source = None
-        self._length = len(self._open())
+        self._open_and_count()
 
-    def _open(self):
-        if self._source is None:
-            import grain
+    def _connect(self):
+        import grain
 
-            self._source = grain.sources.ArrayRecordDataSource(self.paths)
-        return self._source
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_source"] = None
-        return state
-
-    def __len__(self) -> int:
-        return self._length
+        return grain.sources.ArrayRecordDataSource(self.paths)
 
     def __getitem__(self, index: int) -> dict:
         try:

@@ -37,6 +37,13 @@ def compute_dtype(sample):
     return jnp.promote_types(jnp.result_type(sample), jnp.float32)
 
 
+def in_compute_dtype(sample, model_output):
+    """``(sample, model_output, out_dtype)``: both cast to :func:`compute_dtype`, and the dtype a step returns its
+    sample in (the incoming sample's)."""
+    dtype = compute_dtype(sample)
+    return sample.astype(dtype), model_output.astype(dtype), jnp.result_type(sample)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Sampler:
     """Base class. Subclasses set ``timesteps`` (int32 ``[S]``) and implement ``init_state`` and ``step``.

@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from audioldm2_jax.diffusion.base import Sampler, as_table, compute_dtype, lookup
+from audioldm2_jax.diffusion.base import Sampler, as_table, in_compute_dtype, lookup
 from audioldm2_jax.diffusion.schedule import (
-    NoiseSchedule, SCHEDULE_DEFAULTS, TIMESTEP_SPACINGS, _check_bool, _check_choice, _check_float, _check_int,
-    read_scheduler_config, spaced_timesteps)
+    NoiseSchedule, SCHEDULE_DEFAULTS, _check_bool, _check_float, offset_timesteps, read_scheduler_config,
+    read_spacing, transfer_alphas)
 
 # DDIMScheduler.__init__'s signature and defaults (diffusers 0.42), every key: what from_config reads. Note
 # clip_sample: on by default, as in diffusers, so a config that omits it (or lists it in _use_default_values) clips
@@ -67,27 +67,20 @@ class DDIMSampler(Sampler):
         c = read_scheduler_config(d, DDIM_DEFAULTS, owner)
         schedule = NoiseSchedule.from_diffusers(c)
         n = schedule.num_train_timesteps
-        spacing = _check_choice(c["timestep_spacing"], TIMESTEP_SPACINGS, "timestep_spacing", owner)
-        # diffusers reads steps_offset for "leading" spacing only (a null offset is harmless otherwise).
-        offset = _check_int(c["steps_offset"], "steps_offset", owner, 0) if spacing == "leading" else 0
-        steps = _check_int(num_inference_steps, "num_inference_steps", owner, 1)
+        spacing, offset, steps = read_spacing(c, num_inference_steps, owner)
         eta = _check_float(eta, "eta", owner)
         if eta < 0:
             raise ValueError(f"{owner}: eta={eta} must be >= 0")
         clip = _check_bool(c["clip_sample"], "clip_sample", owner)
         clip_range = _check_float(c["clip_sample_range"], "clip_sample_range", owner) if clip else None
 
-        timesteps = spaced_timesteps(spacing, n, steps, offset)
-        if timesteps.max() >= n:
-            raise ValueError(f"{owner}: steps_offset={offset} pushes timestep {timesteps.max()} past "
-                             f"num_train_timesteps={n}")
+        timesteps = offset_timesteps(spacing, n, steps, offset, owner)
         # diffusers steps back by a fixed stride, whatever the spacing.
         prev_timesteps = timesteps - n // steps
 
         abar = schedule.host_alphas_cumprod().astype(np.float64)
-        final = 1.0 if _check_bool(c["set_alpha_to_one"], "set_alpha_to_one", owner) else abar[0]
-        a_t = abar[timesteps]
-        a_prev = np.where(prev_timesteps >= 0, abar[np.maximum(prev_timesteps, 0)], final)
+        a_t, a_prev = transfer_alphas(abar, timesteps, prev_timesteps,
+                                      _check_bool(c["set_alpha_to_one"], "set_alpha_to_one", owner))
         # The float32 tables diffusers reads its scalars from, before any further arithmetic.
         a_t, a_prev = a_t.astype(np.float32).astype(np.float64), a_prev.astype(np.float32).astype(np.float64)
         variance = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
@@ -123,9 +116,8 @@ class DDIMSampler(Sampler):
     def step(self, state, model_output, step_index, sample, key=None, variance_noise=None):
         """DDIM step from ``timesteps[step_index]``. With ``eta > 0`` the added noise is ``variance_noise`` if
         given, else ``jax.random.normal(key, sample.shape, float32)``. Returns ``(prev_sample, state)``."""
-        out_dtype = jnp.result_type(sample)
-        dtype = compute_dtype(sample)
-        sample, model_output = sample.astype(dtype), model_output.astype(dtype)
+        sample, model_output, out_dtype = in_compute_dtype(sample, model_output)
+        dtype = sample.dtype
         x0, eps = self.predict_x0_and_eps(model_output, step_index, sample)
         prev = lookup(self.sqrt_alpha_prev, step_index) * x0 + lookup(self.direction, step_index) * eps
         if self.eta > 0:

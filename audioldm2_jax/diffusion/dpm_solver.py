@@ -27,10 +27,10 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import numpy as np
 
-from audioldm2_jax.diffusion.base import Sampler, as_table, compute_dtype, lookup
+from audioldm2_jax.diffusion.base import Sampler, as_table, compute_dtype, in_compute_dtype, lookup
 from audioldm2_jax.diffusion.schedule import (
     NoiseSchedule, SCHEDULE_DEFAULTS, TIMESTEP_SPACINGS, _check_bool, _check_choice, _check_float, _check_int,
-    read_scheduler_config)
+    read_scheduler_config, read_spacing)
 
 # DPMSolverMultistepScheduler.__init__'s signature and defaults (diffusers 0.42), every key: what from_config
 # reads. Options that only act with an unsupported mode (thresholding, flow sigmas, dynamic shifting) are read and
@@ -139,11 +139,8 @@ class DPMSolverMultistepSampler(Sampler):
                              "(diffusers requires 'sigma_min' there)")
         lower_order_final = _check_bool(c["lower_order_final"], "lower_order_final", owner)
         euler_at_final = _check_bool(c["euler_at_final"], "euler_at_final", owner)
-        spacing = _check_choice(c["timestep_spacing"], TIMESTEP_SPACINGS, "timestep_spacing", owner)
-        # diffusers reads steps_offset for "leading" spacing only (a null offset is harmless otherwise).
-        offset = _check_int(c["steps_offset"], "steps_offset", owner, 0) if spacing == "leading" else 0
+        spacing, offset, steps = read_spacing(c, num_inference_steps, owner)
         lambda_min = _check_float(c["lambda_min_clipped"], "lambda_min_clipped", owner)
-        steps = _check_int(num_inference_steps, "num_inference_steps", owner, 1)
         if steps >= n:
             raise ValueError(f"{owner}: num_inference_steps={steps} must be below num_train_timesteps={n}")
 
@@ -205,9 +202,7 @@ class DPMSolverMultistepSampler(Sampler):
     def step(self, state, model_output, step_index, sample, key=None):
         """One multistep update from ``timesteps[step_index]``; ``key`` is unused. ``(prev_sample, x0)``."""
         del key
-        out_dtype = jnp.result_type(sample)
-        dtype = compute_dtype(sample)
-        sample, model_output = sample.astype(dtype), model_output.astype(dtype)
+        sample, model_output, out_dtype = in_compute_dtype(sample, model_output)
         x0 = self.predict_x0(model_output, step_index, sample)
         d1 = lookup(self.d1_scale, step_index) * (x0 - state)
         prev = (lookup(self.coef_sample, step_index) * sample - lookup(self.coef_x0, step_index) * x0

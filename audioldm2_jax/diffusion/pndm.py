@@ -33,10 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from audioldm2_jax.diffusion.base import Sampler, as_table, compute_dtype, lookup
+from audioldm2_jax.diffusion.base import Sampler, as_table, compute_dtype, in_compute_dtype, lookup
 from audioldm2_jax.diffusion.schedule import (
-    NoiseSchedule, SCHEDULE_DEFAULTS, TIMESTEP_SPACINGS, _check_bool, _check_choice, _check_int,
-    read_scheduler_config, spaced_timesteps)
+    NoiseSchedule, SCHEDULE_DEFAULTS, _check_bool, offset_timesteps, read_scheduler_config, read_spacing,
+    transfer_alphas)
 
 # PNDMScheduler.__init__'s signature and defaults (diffusers 0.42), every key: what from_config reads. Note
 # skip_prk_steps: off by default, so a config that omits it (the published DDIM one) runs the Runge-Kutta warm-up.
@@ -85,15 +85,9 @@ class PNDMSampler(Sampler):
         if schedule.prediction_type == "sample":
             raise ValueError(f"{owner}: prediction_type='sample' is not supported by PNDM")
         n = schedule.num_train_timesteps
-        spacing = _check_choice(c["timestep_spacing"], TIMESTEP_SPACINGS, "timestep_spacing", owner)
-        # diffusers reads steps_offset for "leading" spacing only (a null offset is harmless otherwise).
-        offset = _check_int(c["steps_offset"], "steps_offset", owner, 0) if spacing == "leading" else 0
-        steps = _check_int(num_inference_steps, "num_inference_steps", owner, 1)
+        spacing, offset, steps = read_spacing(c, num_inference_steps, owner)
 
-        ascending = spaced_timesteps(spacing, n, steps, offset)[::-1]
-        if ascending.max() >= n:
-            raise ValueError(f"{owner}: steps_offset={offset} pushes timestep {ascending.max()} past "
-                             f"num_train_timesteps={n}")
+        ascending = offset_timesteps(spacing, n, steps, offset, owner)[::-1]
         stride = n // steps
         if skip_prk:
             timesteps, current, previous, modes = _plms_plan(ascending, stride)
@@ -104,9 +98,8 @@ class PNDMSampler(Sampler):
             timesteps, current, previous, modes = _prk_plan(ascending, stride)
 
         abar = schedule.host_alphas_cumprod().astype(np.float64)
-        final = 1.0 if _check_bool(c["set_alpha_to_one"], "set_alpha_to_one", owner) else abar[0]
-        a_t = abar[current]
-        a_prev = np.where(previous >= 0, abar[np.maximum(previous, 0)], final)
+        a_t, a_prev = transfer_alphas(abar, current, previous,
+                                      _check_bool(c["set_alpha_to_one"], "set_alpha_to_one", owner))
         denominator = a_t * np.sqrt(1 - a_prev) + np.sqrt(a_t * (1 - a_t) * a_prev)
         return cls(
             name="pndm", timesteps=timesteps.astype(np.int32), prediction_type=schedule.prediction_type,
@@ -122,9 +115,7 @@ class PNDMSampler(Sampler):
     def step(self, state, model_output, step_index, sample, key=None):
         """One PNDM step (``key`` unused): ``(prev_sample, (history, kept_sample, rk_sum))``."""
         del key
-        out_dtype = jnp.result_type(sample)
-        dtype = compute_dtype(sample)
-        sample, model_output = sample.astype(dtype), model_output.astype(dtype)
+        sample, model_output, out_dtype = in_compute_dtype(sample, model_output)
         history, kept, rk_sum = state
 
         def push(e):

@@ -223,6 +223,36 @@ def spaced_timesteps(spacing: str, num_train_timesteps: int, num_inference_steps
     raise ValueError(f"timestep_spacing={spacing!r} is not one of {', '.join(TIMESTEP_SPACINGS)}")
 
 
+def read_spacing(c: Mapping[str, Any], num_inference_steps: Any, owner: str) -> tuple[str, int, int]:
+    """``(timestep_spacing, steps_offset, num_inference_steps)`` from a read scheduler config ``c``, checked.
+
+    diffusers reads ``steps_offset`` for "leading" spacing only (a null offset is harmless otherwise)."""
+    spacing = _check_choice(c["timestep_spacing"], TIMESTEP_SPACINGS, "timestep_spacing", owner)
+    offset = _check_int(c["steps_offset"], "steps_offset", owner, 0) if spacing == "leading" else 0
+    steps = _check_int(num_inference_steps, "num_inference_steps", owner, 1)
+    return spacing, offset, steps
+
+
+def offset_timesteps(spacing: str, num_train_timesteps: int, num_inference_steps: int, steps_offset: int,
+                     owner: str) -> np.ndarray:
+    """:func:`spaced_timesteps` (descending, int64 ``[S]``), refused where ``steps_offset`` pushes the highest one
+    out of the training range."""
+    timesteps = spaced_timesteps(spacing, num_train_timesteps, num_inference_steps, steps_offset)
+    if timesteps.max() >= num_train_timesteps:
+        raise ValueError(f"{owner}: steps_offset={steps_offset} pushes timestep {timesteps.max()} past "
+                         f"num_train_timesteps={num_train_timesteps}")
+    return timesteps
+
+
+def transfer_alphas(alphas_cumprod: np.ndarray, start: np.ndarray, end: np.ndarray,
+                    set_alpha_to_one: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(abar[start], abar[end])`` (float64 ``[S]`` each) for steps moving the sample from timestep ``start`` to
+    ``end``; an ``end`` below 0 (past the last step) reads 1 with ``set_alpha_to_one``, else ``abar[0]``."""
+    final = 1.0 if set_alpha_to_one else alphas_cumprod[0]
+    a_end = np.where(end >= 0, alphas_cumprod[np.maximum(end, 0)], final)
+    return alphas_cumprod[start], a_end
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The schedule pytree
 # ----------------------------------------------------------------------------------------------------------------

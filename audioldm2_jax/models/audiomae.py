@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from audioldm2_jax.models.layers import conv, dense, dot_product_attention, layer_norm
+from audioldm2_jax.audio import fbank as kaldi
+from audioldm2_jax.models.layers import REMAT_POLICIES, conv, dense, dot_product_attention, layer_norm, remat_block
 from audioldm2_jax.parallel.partitioning import constrain, with_axes
 
 Dtype = Any
@@ -77,11 +78,18 @@ class AudioMAEConfig:
     # "audiomae": the released checkpoints' sin-cos table, laid out over a (F', T') = (8, 64) grid while patches are
     # ordered time-major (patch k is encoded as column k % T', row k // T'); "grid": the table of the true grid.
     pos_embed_layout: str = "audiomae"
-    remat: bool = False  # rematerialise each transformer block in the backward pass
+    # rematerialisation of each transformer block in the backward pass: a name of layers.REMAT_POLICIES (True /
+    # False, the older spelling, read as "full" / "none")
+    remat: str = "none"
 
     def __post_init__(self):
         def fail(key, why):
             raise ValueError(f"AudioMAE config: {key}={getattr(self, key)!r} {why}")
+
+        if isinstance(self.remat, bool):
+            object.__setattr__(self, "remat", "full" if self.remat else "none")
+        if self.remat not in REMAT_POLICIES:
+            fail("remat", f"is not one of {', '.join(REMAT_POLICIES)}")
 
         for key in ("input_frames", "mel_bins"):
             if getattr(self, key) <= 0 or getattr(self, key) % self.patch_size:
@@ -472,10 +480,6 @@ def masked_patch_loss(fbank: jax.Array, pred: jax.Array, mask: jax.Array, patch_
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _block_class(cls, remat: bool, static_argnums=()):
-    return nn.remat(cls, static_argnums=static_argnums) if remat else cls
-
-
 class AudioMAEEncoder(nn.Module):
     """The ViT encoder. ``__call__`` runs pretraining's masked pass; ``features`` the unmasked pass of LOA
     extraction. Inputs are normalised fbanks ``[B, T, F]``."""
@@ -490,7 +494,7 @@ class AudioMAEEncoder(nn.Module):
         self.patch_embed = PatchEmbed(c.embed_dim, c.patch_size, **kw)
         self.cls_token = self.param("cls_token", with_axes(nn.initializers.normal(0.02), (None, None, "embed")),
                                     (1, 1, c.embed_dim), self.param_dtype)
-        block = _block_class(ViTBlock, c.remat)
+        block = remat_block(ViTBlock, c.remat)
         self.blocks = [block(c.num_heads, c.mlp_ratio, c.norm_eps, **kw) for _ in range(c.depth)]
         self.norm = layer_norm(c.norm_eps, **kw)
 
@@ -560,12 +564,12 @@ class AudioMAEDecoder(nn.Module):
         x = jnp.concatenate([x[:, :1], tokens], axis=1) + pos[None]
         x = constrain(x, ("act_batch", "act_length", "act_embed"))
         if c.decoder_type == "global":
-            block = _block_class(ViTBlock, c.remat)
+            block = remat_block(ViTBlock, c.remat)
             for i in range(c.decoder_depth):
                 x = block(c.decoder_num_heads, c.mlp_ratio, c.norm_eps, name=f"decoder_blocks_{i}", **kw)(x)
         else:  # the local decoder works on the patch grid: CLS is dropped before its blocks
             x = x[:, 1:]
-            block = _block_class(SwinBlock, c.remat, static_argnums=(2,))
+            block = remat_block(SwinBlock, c.remat, static_argnums=(2,))
             for i in range(c.decoder_depth):
                 window, shift = c.window_and_shift(i)
                 x = block(c.decoder_num_heads, c.grid, window, shift, c.mlp_ratio, c.norm_eps, c.decoder_bias_hidden,
@@ -690,7 +694,6 @@ def _as_fbank(x, config: AudioMAEConfig, sample_rate: int | None):
     if x.ndim not in (1, 2):
         raise ValueError(f"expected fbanks [B, {config.input_frames}, {config.mel_bins}] or 16 kHz waveforms [B, N]; "
                          f"got shape {x.shape}")
-    from audioldm2_jax.audio import fbank as kaldi
 
     sr = kaldi.SAMPLE_RATE if sample_rate is None else int(sample_rate)
     kaldi._check_sample_rate(sr)  # raises a ValueError naming the rate
@@ -706,8 +709,6 @@ def _as_fbank(x, config: AudioMAEConfig, sample_rate: int | None):
 
 @functools.partial(jax.jit, static_argnames=("frames",))
 def _waveform_to_fbank(wave, frames):
-    from audioldm2_jax.audio import fbank as kaldi
-
     return kaldi.audiomae_input_jnp(wave.astype(jnp.float32), target_frames=frames)
 
 

@@ -93,6 +93,16 @@ def _get(d: Mapping, key: str, default, kind, prefix: str):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _projection_overrides(kw: dict, projection_dim: int | None, projection_hidden_act: str | None) -> dict:
+    """A sub-config's keyword arguments with ClapConfig's own projection settings, where given, in place of the
+    sub-config's (as transformers does)."""
+    if projection_dim is not None:
+        kw["projection_dim"] = projection_dim
+    if projection_hidden_act is not None:
+        kw["projection_hidden_act"] = projection_hidden_act
+    return kw
+
+
 @dataclasses.dataclass(frozen=True)
 class ClapTextConfig:
     """RoBERTa text tower; defaults are transformers' ``ClapTextConfig`` defaults (RoBERTa-base shapes; the published
@@ -132,12 +142,14 @@ class ClapTextConfig:
             "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
             "hidden_act", "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "pad_token_id",
             "projection_dim", "projection_hidden_act")}
-        # ClapConfig overrides its sub-configs' projection settings with its own (as transformers does).
-        if projection_dim is not None:
-            kw["projection_dim"] = projection_dim
-        if projection_hidden_act is not None:
-            kw["projection_hidden_act"] = projection_hidden_act
-        return cls(**kw)
+        return cls(**_projection_overrides(kw, projection_dim, projection_hidden_act))
+
+    def to_transformers(self) -> dict:
+        """The ``text_config`` of a saved ``ClapModel`` (the inverse of :meth:`from_transformers`; RoBERTa's special
+        token ids and the dropouts at transformers' defaults)."""
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return dict(model_type="clap_text_model", **fields, bos_token_id=0, eos_token_id=2,
+                    position_embedding_type="absolute", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,11 +321,18 @@ class ClapAudioConfig:
                     isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
                 raise ValueError(f"{p}{name}={value!r}: expected a non-empty list of ints")
             kw[name] = tuple(int(v) for v in value)
-        if projection_dim is not None:
-            kw["projection_dim"] = projection_dim
-        if projection_hidden_act is not None:
-            kw["projection_hidden_act"] = projection_hidden_act
-        return cls(**kw)
+        return cls(**_projection_overrides(kw, projection_dim, projection_hidden_act))
+
+    def to_transformers(self) -> dict:
+        """The ``audio_config`` of a saved ``ClapModel`` (the inverse of :meth:`from_transformers`; pairs are written
+        as one int where both sides agree, as transformers' own configs do)."""
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        for name in ("patch_size", "patch_stride"):
+            pair = fields[name]
+            fields[name] = pair[0] if pair[0] == pair[1] else list(pair)
+        fields["depths"], fields["num_attention_heads"] = list(self.depths), list(self.num_attention_heads)
+        return dict(model_type="clap_audio_model", **fields, num_hidden_layers=len(self.depths),
+                    hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.0, drop_path_rate=0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,6 +358,22 @@ class ClapConfig:
                    audio=ClapAudioConfig.from_transformers(audio, projection_dim, act),
                    projection_dim=projection_dim,
                    logit_scale_init_value=_get(d, "logit_scale_init_value", 1 / 0.07, float, ""))
+
+    def to_transformers(self) -> dict:
+        """The ``config.json`` ``ClapModel.save_pretrained`` writes for this model (the inverse of
+        :meth:`from_transformers`). transformers keeps one projection setting for both towers, at the top level, so a
+        config whose towers disagree with it has no ``config.json`` and raises ``ValueError``."""
+        dims = {self.projection_dim, self.text.projection_dim, self.audio.projection_dim}
+        acts = {self.text.projection_hidden_act, self.audio.projection_hidden_act}
+        if len(dims) != 1 or len(acts) != 1:
+            raise ValueError(f"CLAP config: projection_dim {self.projection_dim} (text {self.text.projection_dim}, "
+                             f"audio {self.audio.projection_dim}) and projection_hidden_act (text "
+                             f"{self.text.projection_hidden_act!r}, audio {self.audio.projection_hidden_act!r}) must "
+                             "agree: transformers stores one value for both towers")
+        return dict(architectures=["ClapModel"], model_type="clap", text_config=self.text.to_transformers(),
+                    audio_config=self.audio.to_transformers(), projection_dim=self.projection_dim,
+                    projection_hidden_act=self.text.projection_hidden_act,
+                    logit_scale_init_value=self.logit_scale_init_value, initializer_factor=1.0, dtype="float32")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -993,6 +1028,26 @@ class ClapModel(nn.Module):
         text = self.get_text_features(input_ids, attention_mask)
         audio = self.get_audio_features(input_features, is_longer)
         return jnp.exp(self.logit_scale_t) * text @ audio.T
+
+
+class ClapTextTower(nn.Module):
+    """CLAP's text tower with its projection, the part of ``ClapModel`` AudioLDM 2 trains against and conditions on:
+    ``input_ids [B, L]``, ``attention_mask [B, L]`` -> L2-normalised embeddings ``[B, P]``. Its parameters
+    ``{"text_model", "text_projection"}`` are the same subtrees as in ``ClapModel``."""
+
+    config: ClapConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        self.text_model = ClapTextModel(self.config.text, **kw)
+        self.text_projection = ClapProjection(self.config.text.projection_dim, self.config.text.projection_hidden_act,
+                                              **kw)
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+        _, pooled = self.text_model(input_ids, attention_mask)
+        return l2_normalize(self.text_projection(pooled))
 
 
 def own_prompt_scores(text_embeds: jax.Array, audio_embeds: jax.Array, logit_scale: float | jax.Array = 1.0

@@ -88,6 +88,16 @@ class GPT2Config:
             kw["layer_norm_epsilon"] = float(kw["layer_norm_epsilon"])
         return cls(**kw, max_new_tokens=d.get("max_new_tokens") or defaults.max_new_tokens)
 
+    def to_transformers(self) -> dict:
+        """The ``config.json`` of the ``GPT2LMHeadModel`` (the class diffusers' ``AudioLDM2Pipeline`` loads as
+        ``language_model``) with exactly this model, as its ``save_pretrained`` writes it: every field here, the
+        output head tied to ``wte``, ``max_new_tokens`` (read by the pipeline), and transformers' defaults for
+        dropout and initialisation. The inverse of :meth:`from_transformers`."""
+        fields = {key: getattr(self, key) for key in self.__dataclass_fields__}
+        return dict(architectures=["GPT2LMHeadModel"], model_type="gpt2", **fields, tie_word_embeddings=True,
+                    resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1, initializer_range=0.02, use_cache=True,
+                    dtype="float32")
+
 
 class GPT2Attention(nn.Module):
     """Causal self-attention with a fused ``c_attn`` (q | k | v) and ``c_proj``.
@@ -242,7 +252,8 @@ def generate_loa(model: GPT2Model, params, inputs_embeds: jax.Array, attention_m
     Matches diffusers' ``AudioLDM2Pipeline.generate_language_model``: the final hidden state of the last position
     becomes the next input embedding; positions run on contiguously (``L, L+1, ...``) and padded prompt slots stay
     masked. One prefill over the prompt fills a key/value cache, then a ``lax.scan`` decodes one position per step,
-    all inside one jit. ``params`` is the tree from ``load_gpt2`` (without the ``"params"`` collection key).
+    all inside one jit. ``params`` is the bare tree ``components.load("gpt2", folder)`` returns (without the
+    ``"params"`` collection key).
     """
     cfg = model.config
     batch, length, _ = inputs_embeds.shape

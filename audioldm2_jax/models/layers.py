@@ -9,6 +9,7 @@ checkpoint conversion is a mechanical renaming.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 from typing import Any, Callable
 
@@ -82,48 +83,101 @@ def embed(num_embeddings: int, features: int, axes: tuple[str | None, str | None
 # ----------------------------------------------------------------------------------------------------------------
 
 
+# The attention implementations, by name. Which one a program uses is the caller's choice, made for the platform it
+# compiles for (:func:`resolve_attention`): the trainer from its mesh, the pipeline from its mesh or device.
+#   xla       ``jax.nn.dot_product_attention``'s XLA implementation: correct on every platform.
+#   per_head  score matrices of at least PER_HEAD_MIN_SCORES entries computed one (example, head) at a time
+#             (:func:`per_head_attention`), smaller ones as ``xla``: XLA:CPU runs one plain matrix product per head
+#             multi-threaded, a product batched over ``B x N`` far slower (docs/benchmarks.md).
+#   cudnn     cuDNN's fused (flash) kernel for 16-bit inputs whose head size it takes, which
+#             ``jax.nn.dot_product_attention``'s default does not pick; ``xla`` for the rest and for shapes cuDNN
+#             rejects at trace time.
+ATTENTION_IMPLEMENTATIONS = ("xla", "per_head", "cudnn")
+# A device's ``platform`` -> the implementation that suits it; every other platform (tpu, rocm, ...) takes xla.
+_PLATFORM_ATTENTION = {"cpu": "per_head", "gpu": "cudnn", "cuda": "cudnn"}
+# Score matrices of at least this many entries (Lq * Lk) take the per-head path: below it the batched product is as
+# fast, and a cross-attention to a handful of keys is slower per head (docs/benchmarks.md).
+PER_HEAD_MIN_SCORES = 128 * 128
+
+# The implementation that traces of model code use, set by :func:`use_attention` (a context variable: local to the
+# thread and the async task, restored on exit); "xla" when no caller chose.
+_ATTENTION = contextvars.ContextVar("attention_implementation", default="xla")
+
+
+def attention_for_platform(platform: str) -> str:
+    """The attention implementation to compile for ``platform``: a device's ``.platform`` ("cpu", "gpu", "tpu",
+    ...), e.g. ``mesh.devices.flat[0].platform``, which is the target even when the host is another platform (an
+    ahead-of-time compile for TPU on a CPU host)."""
+    return _PLATFORM_ATTENTION.get(str(platform).lower(), "xla")
+
+
+def check_attention(name: str) -> str:
+    """``name`` if it is one of :data:`ATTENTION_IMPLEMENTATIONS`; a ValueError naming them otherwise."""
+    if name not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"attention implementation {name!r} is not one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
+    return name
+
+
+def resolve_attention(name: str, platform: str) -> str:
+    """A configured implementation: "auto" -> :func:`attention_for_platform` of ``platform``, else ``name`` checked."""
+    return attention_for_platform(platform) if name == "auto" else check_attention(name)
+
+
+@contextlib.contextmanager
+def use_attention(name: str):
+    """Model code traced within it computes attention with implementation ``name`` (one of
+    :data:`ATTENTION_IMPLEMENTATIONS`). Like ``nn.logical_axis_rules`` it acts at trace time: a jitted function keeps
+    the implementation of the trace it cached, so trace each program under the context it is compiled for."""
+    token = _ATTENTION.set(check_attention(name))
+    try:
+        yield
+    finally:
+        _ATTENTION.reset(token)
+
+
+# Rematerialisation of a network's repeated blocks, by name: what the backward pass keeps from the forward pass of
+# each block ("none": everything, no remat; "full": only the block's inputs, all else recomputed; "save_dots": the
+# matmul / convolution outputs; "save_dots_no_batch": those without a batch dimension, i.e. weights-only products).
+REMAT_POLICIES = {"none": None, "full": jax.checkpoint_policies.nothing_saveable,
+                  "save_dots": jax.checkpoint_policies.checkpoint_dots,
+                  "save_dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def check_remat(name: str) -> str:
+    """``name`` if it is one of :data:`REMAT_POLICIES`; a ValueError naming them otherwise."""
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"remat policy {name!r} is not one of {', '.join(REMAT_POLICIES)}")
+    return name
+
+
+def remat_block(module_class: type, policy: str, static_argnums: tuple[int, ...] = ()) -> type:
+    """``module_class`` rematerialised with the named policy (:data:`REMAT_POLICIES`; "none": unchanged)."""
+    if check_remat(policy) == "none":
+        return module_class
+    return nn.remat(module_class, policy=REMAT_POLICIES[policy], static_argnums=static_argnums)
+
+
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax.Array | None = None,
                           mask: jax.Array | None = None, scale: float | None = None,
-                          is_causal: bool = False) -> jax.Array:
+                          is_causal: bool = False, implementation: str | None = None) -> jax.Array:
     """Multi-head attention on ``[B, L, N, D]`` tensors; the project's single attention entry point.
 
-    ``bias`` is additive and broadcastable to ``[B, N, Lq, Lk]``; ``mask`` is boolean (True = attend). On GPU with
-    16-bit inputs this asks ``jax.nn.dot_product_attention`` for cuDNN's fused (flash) kernel, which its default
-    does not pick, and falls back to XLA for shapes cuDNN rejects. On CPU, large score matrices go through
-    :func:`per_head_attention` (XLA:CPU runs batched matrix products far slower than one product per head).
-    Everywhere else XLA's implementation runs.
+    ``bias`` is additive and broadcastable to ``[B, N, Lq, Lk]``; ``mask`` is boolean (True = attend).
+    ``implementation``: one of :data:`ATTENTION_IMPLEMENTATIONS`; default the one :func:`use_attention` set ("xla"
+    outside it). Every implementation computes the same function (float32 logits and softmax).
     """
+    implementation = _ATTENTION.get() if implementation is None else check_attention(implementation)
     if bias is not None:
         bias = bias.astype(q.dtype)
     kwargs = dict(bias=bias, mask=mask, scale=scale, is_causal=is_causal)
-    if _cudnn_candidate(q):
+    if implementation == "cudnn" and _cudnn_candidate(q):
         try:
             return jax.nn.dot_product_attention(q, k, v, implementation="cudnn", **kwargs)
         except Exception:  # noqa: BLE001 - shape / layout / version limits of the fused kernel, found at trace time
             pass
-    if _PER_HEAD_ON_CPU[0] and jax.default_backend() == "cpu" and q.shape[1] * k.shape[1] >= PER_HEAD_MIN_SCORES:
+    if implementation == "per_head" and q.shape[1] * k.shape[1] >= PER_HEAD_MIN_SCORES:
         return per_head_attention(q, k, v, **kwargs)
     return jax.nn.dot_product_attention(q, k, v, **kwargs)
-
-
-# Score matrices of at least this many entries (Lq * Lk) take the per-head path on CPU. Measured on 2 cores
-# (jax 0.10.2, fp32, B 8, N 8): L 1024 self-attention 948 -> 196 ms, L 256 51 -> 27 ms; at L 64 both take 4.4 ms and
-# a cross-attention to 8-16 keys is ~15 % slower per head, hence the threshold.
-PER_HEAD_MIN_SCORES = 128 * 128
-_PER_HEAD_ON_CPU = [True]
-
-
-@contextlib.contextmanager
-def xla_attention():
-    """Traced within it, :func:`dot_product_attention` uses XLA's batched implementation on CPU too. For FLOP
-    counting: XLA's cost analysis counts a loop body once, so the per-head loop would hide most of the attention's
-    FLOPs (the trainer's TFLOP/s on CPU is a lower bound for that reason)."""
-    previous = _PER_HEAD_ON_CPU[0]
-    _PER_HEAD_ON_CPU[0] = False
-    try:
-        yield
-    finally:
-        _PER_HEAD_ON_CPU[0] = previous
 
 
 def per_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax.Array | None = None,
@@ -160,8 +214,8 @@ _LARGE_NEGATIVE = float(-0.7 * jnp.finfo(jnp.float32).max)
 
 
 def _cudnn_candidate(q: jax.Array) -> bool:
-    return (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] <= 128
-            and q.shape[-1] % 8 == 0)
+    """Inputs cuDNN's fused kernel takes: 16-bit, head size a multiple of 8 up to 128."""
+    return q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] <= 128 and q.shape[-1] % 8 == 0
 
 
 class Attention(nn.Module):

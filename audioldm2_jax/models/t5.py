@@ -107,6 +107,25 @@ class T5Config:
         return cls(**{key: get(key) for key in keys}, layer_norm_epsilon=float(eps), dense_act_fn=act,
                    is_gated_act=gated)
 
+    def to_transformers(self) -> dict:
+        """The ``config.json`` transformers' ``T5EncoderModel.save_pretrained`` writes for this encoder (the inverse
+        of :meth:`from_transformers`). ``feed_forward_proj`` is written in the form transformers parses back to the
+        same feed-forward where one exists (FLAN-T5's ``"gated-gelu"`` for the gated tanh GELU); the derived
+        ``dense_act_fn`` / ``is_gated_act`` are written too, as transformers does, and win on reading (a gated exact
+        GELU has no ``feed_forward_proj`` spelling of its own). The token table is tied (``shared`` is the
+        encoder's ``embed_tokens``); the dropout and initialisation fields are transformers' defaults."""
+        act = self.dense_act_fn
+        proj = ("gated-gelu" if act == "gelu_new" else f"gated-{act}") if self.is_gated_act else act
+        return dict(architectures=["T5EncoderModel"], model_type="t5", vocab_size=self.vocab_size,
+                    d_model=self.d_model, d_kv=self.d_kv, d_ff=self.d_ff, num_layers=self.num_layers,
+                    num_decoder_layers=self.num_layers, num_heads=self.num_heads,
+                    relative_attention_num_buckets=self.relative_attention_num_buckets,
+                    relative_attention_max_distance=self.relative_attention_max_distance,
+                    layer_norm_epsilon=self.layer_norm_epsilon, feed_forward_proj=proj, dense_act_fn=act,
+                    is_gated_act=self.is_gated_act, is_encoder_decoder=False, is_decoder=False, use_cache=False,
+                    tie_word_embeddings=True, dropout_rate=0.1, classifier_dropout=0.0, initializer_factor=1.0,
+                    pad_token_id=0, eos_token_id=1, dtype="float32")
+
 
 def relative_position_buckets(query_length: int, key_length: int, num_buckets: int, max_distance: int) -> np.ndarray:
     """Bidirectional T5 buckets of ``key_pos - query_pos``: ``[Lq, Lk]`` int32, computed on the host.

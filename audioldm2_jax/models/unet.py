@@ -34,7 +34,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 # ``AudioLDM2UNet2DConditionModel.__init__`` defaults, for keys a config.json may leave out.
 _DIFFUSERS_DEFAULTS = dict(
-    in_channels=4, out_channels=4, flip_sin_to_cos=True, freq_shift=0,
+    sample_size=None, in_channels=4, out_channels=4, flip_sin_to_cos=True, freq_shift=0,
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     mid_block_type="UNetMidBlock2DCrossAttn",
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
@@ -77,6 +77,11 @@ class UNetConfig:
     # (time_embedding_act_fn); None for neither, as in AudioLDM 2.
     timestep_post_act: str | None = None
     time_embedding_act_fn: str | None = None
+    # Recorded for the checkpoint, not used by the network: the layout of the Transformer2Ds' proj_in / proj_out in
+    # the reference's state dict (True: Linear, False: 1x1 Conv2d; the same map on the pixels), and the latent
+    # height the pipeline derives its default duration from (the reference's ``sample_size``; None: not given).
+    use_linear_projection: bool = False
+    sample_size: int | tuple[int, ...] | None = None
 
     def __post_init__(self):
         n = len(self.block_out_channels)
@@ -124,9 +129,9 @@ class UNetConfig:
         """From an ``AudioLDM2UNet2DConditionModel`` ``config.json`` dict, read as the reference's ``__init__``
         reads it (its defaults for missing keys). Values the reference accepts but this port does not implement
         raise ``ValueError`` naming the key; keys that do not change the computation the pipeline runs
-        (``use_linear_projection``: a weight layout, read by the converter; ``upcast_attention``: logits are
-        float32 here anyway; ``time_cond_proj_dim``: a projection of a ``timestep_cond`` the pipeline never
-        passes) are accepted."""
+        (``use_linear_projection``: a weight layout, kept for the converter; ``sample_size``: kept for the
+        pipeline; ``upcast_attention``: logits are float32 here anyway; ``time_cond_proj_dim``: a projection of a
+        ``timestep_cond`` the pipeline never passes) are accepted."""
         get = lambda key: d.get(key, _DIFFUSERS_DEFAULTS[key])  # noqa: E731
 
         def fail(key, why):
@@ -158,6 +163,11 @@ class UNetConfig:
             if act is not None and (not isinstance(act, str) or act.lower() not in ACTIVATIONS):
                 fail(key, f"the reference's activations are {sorted(ACTIVATIONS)}")
             acts[key] = None if act is None else act.lower()
+        if not isinstance(get("use_linear_projection"), bool):
+            fail("use_linear_projection", "expected true or false")
+        sample_size = get("sample_size")
+        if isinstance(sample_size, list):  # the reference stores it as given (a pair for non-square latents)
+            sample_size = tuple(sample_size)
 
         def block_type(name):  # the reference reads "UNetResDownBlock2D" as "DownBlock2D" (and so on)
             return name[len("UNetRes"):] if isinstance(name, str) and name.startswith("UNetRes") else name
@@ -228,7 +238,8 @@ class UNetConfig:
                 flip_sin_to_cos=get("flip_sin_to_cos"), freq_shift=get("freq_shift"),
                 time_embedding_dim=get("time_embedding_dim"), mid_block_scale_factor=get("mid_block_scale_factor"),
                 downsample_padding=get("downsample_padding"), conv_in_kernel=get("conv_in_kernel"),
-                conv_out_kernel=get("conv_out_kernel"), **acts)
+                conv_out_kernel=get("conv_out_kernel"), use_linear_projection=get("use_linear_projection"),
+                sample_size=sample_size, **acts)
         except TypeError as err:  # e.g. a string where a number belongs
             raise ValueError(f"UNet config: {err}") from err
 

@@ -205,13 +205,15 @@ class MidBlock(nn.Module):
         return constrain(x, _SPATIAL)
 
 
-class DownEncoderBlock(nn.Module):
-    """``DownEncoderBlock2D``: ``num_layers`` resnets, then the asymmetric-pad stride-2 conv unless the last block."""
+class ResnetBlocks(nn.Module):
+    """diffusers' ``DownEncoderBlock2D`` (``resample="down"``) and ``UpDecoderBlock2D`` (``"up"``): ``num_layers``
+    resnets, then the asymmetric-pad stride-2 conv (down) or nearest x2 upsampling + conv (up); ``None`` (the last
+    block of each side) resamples nothing."""
 
     out_channels: int
     num_layers: int
     groups: int
-    downsample: bool
+    resample: str | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -220,27 +222,9 @@ class DownEncoderBlock(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         for j in range(self.num_layers):
             x = ResnetBlock2D(self.out_channels, groups=self.groups, eps=VAE_NORM_EPS, name=f"resnets_{j}", **kw)(x)
-        if self.downsample:
+        if self.resample == "down":
             x = Downsample2D(self.out_channels, padding=0, name="downsamplers_0", **kw)(x)
-        return constrain(x, _SPATIAL)
-
-
-class UpDecoderBlock(nn.Module):
-    """``UpDecoderBlock2D``: ``num_layers`` resnets, then nearest x2 upsampling + conv unless the last block."""
-
-    out_channels: int
-    num_layers: int
-    groups: int
-    upsample: bool
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        for j in range(self.num_layers):
-            x = ResnetBlock2D(self.out_channels, groups=self.groups, eps=VAE_NORM_EPS, name=f"resnets_{j}", **kw)(x)
-        if self.upsample:
+        elif self.resample == "up":
             x = Upsample2D(self.out_channels, name="upsamplers_0", **kw)(x)
         return constrain(x, _SPATIAL)
 
@@ -259,8 +243,8 @@ class Encoder(nn.Module):
         x = conv(cfg.block_out_channels[0], 3, padding=1, name="conv_in", **kw)(x.astype(self.dtype))
         last = len(cfg.block_out_channels) - 1
         for i, channels in enumerate(cfg.block_out_channels):
-            x = DownEncoderBlock(channels, cfg.layers_per_block, cfg.norm_num_groups, downsample=i != last,
-                                 name=f"down_blocks_{i}", **kw)(x)
+            x = ResnetBlocks(channels, cfg.layers_per_block, cfg.norm_num_groups, "down" if i != last else None,
+                             name=f"down_blocks_{i}", **kw)(x)
         x = MidBlock(cfg.norm_num_groups, cfg.mid_block_add_attention, name="mid_block", **kw)(x)
         x = nn.silu(group_norm(cfg.norm_num_groups, VAE_NORM_EPS, name="conv_norm_out", **kw)(x))
         return conv(2 * cfg.latent_channels, 3, padding=1, name="conv_out", **kw)(x)
@@ -281,8 +265,8 @@ class Decoder(nn.Module):
         x = conv(channels[0], 3, padding=1, name="conv_in", **kw)(z)
         x = MidBlock(cfg.norm_num_groups, cfg.mid_block_add_attention, name="mid_block", **kw)(x)
         for i, ch in enumerate(channels):
-            x = UpDecoderBlock(ch, cfg.layers_per_block + 1, cfg.norm_num_groups, upsample=i != len(channels) - 1,
-                               name=f"up_blocks_{i}", **kw)(x)
+            x = ResnetBlocks(ch, cfg.layers_per_block + 1, cfg.norm_num_groups,
+                             "up" if i != len(channels) - 1 else None, name=f"up_blocks_{i}", **kw)(x)
         x = nn.silu(group_norm(cfg.norm_num_groups, VAE_NORM_EPS, name="conv_norm_out", **kw)(x))
         return conv(cfg.out_channels, 3, padding=1, name="conv_out", **kw)(x)
 

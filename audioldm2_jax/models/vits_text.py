@@ -30,6 +30,20 @@ Dtype = Any
 END_OF_PHONEMES_ID = 182
 
 
+# transformers' ``VitsConfig`` defaults for the fields of the rest of VITS (the MMS-TTS shapes).
+VITS_DEFAULTS: dict[str, Any] = dict(
+    layerdrop=0.1, spectrogram_bins=513, hidden_dropout=0.1, attention_dropout=0.1, activation_dropout=0.1,
+    initializer_range=0.02, use_stochastic_duration_prediction=True, num_speakers=1, speaker_embedding_size=0,
+    upsample_initial_channel=512, upsample_rates=[8, 8, 2, 2], upsample_kernel_sizes=[16, 16, 4, 4],
+    resblock_kernel_sizes=[3, 7, 11], resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5], [1, 3, 5]], leaky_relu_slope=0.1,
+    depth_separable_channels=2, depth_separable_num_layers=3, duration_predictor_flow_bins=10,
+    duration_predictor_tail_bound=5.0, duration_predictor_kernel_size=3, duration_predictor_dropout=0.5,
+    duration_predictor_num_flows=4, duration_predictor_filter_channels=256, prior_encoder_num_flows=4,
+    prior_encoder_num_wavenet_layers=4, posterior_encoder_num_wavenet_layers=16, wavenet_kernel_size=5,
+    wavenet_dilation_rate=1, wavenet_dropout=0.0, speaking_rate=1.0, noise_scale=0.667, noise_scale_duration=0.8,
+    sampling_rate=16000, pad_token_id=None)
+
+
 @dataclasses.dataclass(frozen=True)
 class VitsTextConfig:
     """Text-encoder fields of transformers' ``VitsConfig`` (defaults are its defaults)."""
@@ -75,6 +89,13 @@ class VitsTextConfig:
                 raise ValueError(f"{name}={value!r}: expected {want.__name__}")
             kw[name] = value
         return cls(**kw)
+
+    def to_transformers(self) -> dict:
+        """A complete ``VitsModel`` ``config.json`` whose text encoder is this one (the inverse of
+        :meth:`from_transformers`): these fields, and transformers' defaults (``VITS_DEFAULTS``) for the parts of
+        VITS kept outside this model (flow, HiFi-GAN decoder, duration predictor, posterior encoder)."""
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return dict(architectures=["VitsModel"], model_type="vits", **fields, **VITS_DEFAULTS, dtype="float32")
 
 
 class VitsTextEncoderOutput(NamedTuple):

@@ -20,7 +20,7 @@ Activation axes
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -71,6 +71,54 @@ def training_rules(rules: LogicalRules, mesh: jax.sharding.Mesh) -> tuple:
     if all(mesh.shape.get(axis, 1) > 1 for axis in ("data", "fsdp", "tensor")):
         return tuple((name, None if name == "conv_in" else axes) for name, axes in rules)
     return tuple(rules)
+
+
+def batch_axes(rules: LogicalRules, mesh: jax.sharding.Mesh | Mapping[str, int]) -> tuple[str, ...]:
+    """The mesh axes that carry the batch: those the rules map ``act_batch`` to, in rule order, kept where
+    ``mesh`` (a Mesh or an ``{axis: size}`` dict) has them. The one place that answers this question for the
+    trainer, the data loader, config validation and the pipeline, so that overriding the rule moves them all."""
+    names = mesh.shape if isinstance(mesh, jax.sharding.Mesh) else mesh
+    for name, target in rules:
+        if name == "act_batch":
+            targets = (target,) if isinstance(target, str) else tuple(target or ())
+            return tuple(axis for axis in targets if axis in names)
+    return ()
+
+
+def batch_size_divisor(rules: LogicalRules, mesh: jax.sharding.Mesh | Mapping[str, int]) -> int:
+    """How many shards the batch is split into: the product of the sizes of :func:`batch_axes`. A global batch
+    (and each micro-batch of it) must be a multiple of it."""
+    sizes = mesh.shape if isinstance(mesh, jax.sharding.Mesh) else mesh
+    return int(np.prod([int(sizes[axis]) for axis in batch_axes(rules, mesh)], dtype=np.int64))
+
+
+def batch_sharding(mesh: jax.sharding.Mesh, rules: LogicalRules) -> NamedSharding:
+    """The sharding of a batch-leading array ``[B, ...]``: ``B`` split over :func:`batch_axes`, the rest
+    replicated. As a prefix it fits every array of a batch, whatever its rank."""
+    axes = batch_axes(rules, mesh)
+    return NamedSharding(mesh, PartitionSpec(axes[0] if len(axes) == 1 else axes or None))
+
+
+def process_batch_rows(sharding: NamedSharding, global_batch_size: int,
+                       devices: Sequence[jax.Device] | None = None) -> tuple[int, int]:
+    """``(first, stop)``: the contiguous rows of every global batch that ``devices`` hold under ``sharding``
+    (default: this process's devices), i.e. what one process must load. Processes whose devices share batch
+    shards (the batch replicated over some mesh axis) load the same rows.
+
+    Raises a ValueError when the rows are not contiguous (a mesh laid out so that one process holds
+    non-adjacent shards of the batch)."""
+    devices = set(sharding.addressable_devices if devices is None else devices)
+    index_map = sharding.devices_indices_map((int(global_batch_size),))
+    spans = sorted({(s.start or 0, global_batch_size if s.stop is None else s.stop)
+                    for device, (s,) in index_map.items() if device in devices})
+    if not spans:
+        raise ValueError(f"none of the devices {sorted(d.id for d in devices)} is in the batch sharding's mesh")
+    for (_, stop), (start, _) in zip(spans, spans[1:]):
+        if start != stop:
+            raise ValueError(f"the batch rows of devices {sorted(d.id for d in devices)} under {sharding.spec} are "
+                             f"not contiguous ({spans}); lay the mesh out so that each process holds adjacent "
+                             "batch shards")
+    return spans[0][0], spans[-1][1]
 
 
 def make_mesh(shape: dict[str, int] | Sequence[int], names: Sequence[str] = ("data", "fsdp", "tensor"),

@@ -73,12 +73,6 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def all_steps(self) -> list[int]:
-        return list(self.manager.all_steps())
-
-    def should_save(self, step: int) -> bool:
-        return self.manager.should_save(step)
-
     def save(self, step: int, state, data_iterator=None, force: bool = False) -> bool:
         data = _IteratorSnapshot(data_iterator.get_state() if data_iterator is not None else None)
         saved = self.manager.save(step, args=ocp.args.Composite(
@@ -170,12 +164,6 @@ def restore_frozen(directory: str | Path, abstract_frozen):
     directory = Path(directory).absolute()
     with ocp.StandardCheckpointer() as checkpointer:
         return checkpointer.restore(directory, abstract_frozen)
-
-
-def frozen_exists(directory: str | Path) -> bool:
-    directory = Path(directory)
-    return directory.is_dir() and any(directory.iterdir()) and not any(
-        p.name.endswith(".orbax-checkpoint-tmp") or "tmp" in p.name for p in directory.parent.glob(directory.name))
 
 
 class PreemptionFlag:

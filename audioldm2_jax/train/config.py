@@ -16,7 +16,8 @@ Sections:
 - ``data`` (:class:`audioldm2_jax.data.pipeline.DataConfig` fields);
 - ``model``: one section per network, field for field its frozen config dataclass, and ``model.text_encoder_2``:
   the second text stream of the projection / GPT-2, ``"t5"`` (FLAN-T5 reads the caption: text-to-audio, music)
-  or ``"vits"`` (the VITS phoneme encoder reads the clip's transcription: the speech models);
+  or ``"vits"`` (the VITS phoneme encoder reads the clip's transcription: the speech models); ``model.attention``:
+  the attention implementation (``models/layers.py``), ``"auto"`` = the one for the mesh's platform;
 - ``init``: where each component's starting (or frozen) weights come from;
 - ``text``: tokenizer folders and lengths, what the speech models read as transcription; ``diffusion``: the noise
   schedule;
@@ -26,7 +27,10 @@ Sections:
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
+import os
+from pathlib import Path
 from typing import Mapping
 
 import jax
@@ -34,17 +38,20 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from audioldm2_jax.data.pipeline import DataConfig
+from audioldm2_jax.diffusion.schedule import BETA_SCHEDULES
 from audioldm2_jax.models.audiomae import AudioMAEConfig
 from audioldm2_jax.models.clap import ClapAudioConfig, ClapConfig, ClapTextConfig
 from audioldm2_jax.models.gpt2 import GPT2Config
+from audioldm2_jax.models.layers import ATTENTION_IMPLEMENTATIONS
 from audioldm2_jax.models.projection import ProjectionConfig
 from audioldm2_jax.models.t5 import T5Config
 from audioldm2_jax.models.unet import UNetConfig
 from audioldm2_jax.models.vae import VAEConfig
 from audioldm2_jax.models.vits_text import VitsTextConfig
 from audioldm2_jax.models.vocoder import VocoderConfig
+from audioldm2_jax.parallel.partitioning import DEFAULT_RULES, batch_axes, batch_size_divisor
 
-STAGES = ("vae", "audiomae", "ldm", "gpt2", "joint", "vocoder", "toy")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 PRNG_IMPLS = ("auto", "threefry2x32", "rbg", "unsafe_rbg")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -102,7 +109,6 @@ def base_config() -> ml_collections.ConfigDict:
         sample_steps=25))
 
     data = ml_collections.ConfigDict()
-    from audioldm2_jax.data.pipeline import DataConfig  # the data pipeline's own schema
 
     for field in dataclasses.fields(DataConfig):
         if field.name == "global_batch_size":
@@ -119,6 +125,8 @@ def base_config() -> ml_collections.ConfigDict:
     # The projection's second stream: "t5" (the caption through FLAN-T5) or "vits" (the clip's transcription
     # through the VITS phoneme encoder, with the projection's learned position table: the speech models).
     c.model.text_encoder_2 = "t5"
+    # "auto": the attention implementation suited to the mesh's platform (layers.attention_for_platform); or a name
+    c.model.attention = "auto"
     c.model.discriminator = ml_collections.ConfigDict(type_safe=False)  # passed to the GAN discriminators
 
     # Starting / frozen weights per component: "" = random init from `seed`; a folder = a diffusers /
@@ -153,7 +161,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.vocoder = ml_collections.ConfigDict(dict(
         segment_frames=32, mel_weight=45.0, feature_weight=2.0, adv_weight=1.0,
         stft_weight=0.0, stft_resolutions=((512, 128), (1024, 256), (2048, 512))))
-    c.toy = ml_collections.ConfigDict(dict(hidden=64, nan_steps=(), sleep_seconds=0.0))  # the smoke-test stage
+    c.toy = ml_collections.ConfigDict(dict(hidden=64))  # the smoke-test stage
     return c
 
 
@@ -266,7 +274,6 @@ def _check_values(d: dict) -> list[str]:
     _check_int(problems, "diffusion.num_train_timesteps", diffusion["num_train_timesteps"], 1)
     for key in ("beta_start", "beta_end"):
         _check_number(problems, f"diffusion.{key}", diffusion[key], 0, 1, low_open=True, high_open=True)
-    from audioldm2_jax.diffusion.schedule import BETA_SCHEDULES
 
     if diffusion["beta_schedule"] not in BETA_SCHEDULES:
         problems.append(f"diffusion.beta_schedule={diffusion['beta_schedule']!r} is not one of {BETA_SCHEDULES}")
@@ -294,7 +301,6 @@ def _check_values(d: dict) -> list[str]:
                 isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair) or pair[1] > pair[0]):
             problems.append(f"vocoder.stft_resolutions entry {pair!r} must be (n_fft, hop) with 0 < hop <= n_fft")
     _check_int(problems, "toy.hidden", d["toy"]["hidden"], 1)
-    _check_number(problems, "toy.sleep_seconds", d["toy"]["sleep_seconds"], 0)
     return problems
 
 
@@ -305,6 +311,8 @@ def validate(config, num_devices: int | None = None, process_count: int | None =
     problems = [f"unknown config key {name!r}" for name in _unknown_keys(d, base_config().to_dict())]
     if problems:
         raise ConfigError("config error: " + "; ".join(problems))
+    from audioldm2_jax.train.stages import STAGES  # the stages read this module: imported here, not at the top
+
     if d["stage"] not in STAGES and ":" not in str(d["stage"]):
         problems.append(f"stage={d['stage']!r} is not one of {STAGES} (or 'package.module:Class')")
     if d["compute_dtype"] not in COMPUTE_DTYPES:
@@ -340,13 +348,16 @@ def validate(config, num_devices: int | None = None, process_count: int | None =
                             f"(the product of its sizes must equal the device count, or divide it with one -1)")
         else:
             resolved = {k: (num_devices // fixed if int(v) == -1 else int(v)) for k, v in mesh.items()}
-            data_ways = resolved.get("data", 1) * resolved.get("fsdp", 1)
+            # the axes that carry the batch, as the trainer and the data loader derive them from act_batch
+            rules = logical_rules(config)
+            axes = " x ".join(batch_axes(rules, resolved)) or "none"
+            data_ways = batch_size_divisor(rules, resolved)
             if d["batch_size"] % data_ways:
-                problems.append(f"batch_size={d['batch_size']} is not divisible by the data-parallel axes "
-                                f"data x fsdp = {data_ways} of mesh {resolved}")
+                problems.append(f"batch_size={d['batch_size']} is not divisible by the batch axes "
+                                f"{axes} = {data_ways} of mesh {resolved} (the act_batch rule)")
             elif (d["batch_size"] // d["grad_accum_steps"]) % data_ways or d["batch_size"] % d["grad_accum_steps"]:
                 problems.append(f"batch_size={d['batch_size']} / grad_accum_steps={d['grad_accum_steps']} does not "
-                                f"give micro-batches divisible by data x fsdp = {data_ways}")
+                                f"give micro-batches divisible by the batch axes {axes} = {data_ways}")
     if process_count is not None and d["batch_size"] % process_count:
         problems.append(f"batch_size={d['batch_size']} does not split over {process_count} processes")
 
@@ -365,6 +376,9 @@ def validate(config, num_devices: int | None = None, process_count: int | None =
         problems.append(f"ldm.loa_lambdas={lambdas} must be positive pooling rates")
     if d["model"]["text_encoder_2"] not in TEXT_ENCODERS_2:
         problems.append(f"model.text_encoder_2={d['model']['text_encoder_2']!r} is not one of {TEXT_ENCODERS_2}")
+    if d["model"]["attention"] not in ("auto",) + ATTENTION_IMPLEMENTATIONS:
+        problems.append(f"model.attention={d['model']['attention']!r} is not one of "
+                        f"{('auto',) + ATTENTION_IMPLEMENTATIONS}")
     if not isinstance(d["text"]["vits_max_length"], int) or d["text"]["vits_max_length"] < 0:
         problems.append(f"text.vits_max_length={d['text']['vits_max_length']!r} must be a non-negative integer "
                         "(0: model.projection.max_seq_length)")
@@ -379,17 +393,36 @@ def validate(config, num_devices: int | None = None, process_count: int | None =
         raise ConfigError("config error: " + "; ".join(problems))
 
 
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-    """``"configs/x.py[:arg]"`` -> ``get_config(arg)`` of that file, as ``--config`` loads it (the repository root
-    is put on ``sys.path`` so that config files can ``from configs import common``)."""
-    import importlib.util
-    import os
-    import sys
+# The packaged config files: ``configs/<name>.py`` on the command line names one of them when no such file exists
+# (the repository's layout before the configs moved into the package; the same from an installed copy, from any
+# working directory).
+PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
-    path, _, arg = spec.partition(":")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    if root not in sys.path:
-        sys.path.insert(0, root)
+
+def resolve_config_path(path: str | os.PathLike) -> Path:
+    """A config file's path: ``path`` itself when it exists, else for ``[...]/configs/<name>.py`` the packaged
+    ``audioldm2_jax/configs/<name>.py``. Raises FileNotFoundError naming the file and the packaged configs."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    packaged = PACKAGED_CONFIGS / given.name
+    if given.parent.name == "configs" and packaged.is_file():
+        return packaged
+    names = sorted(f"configs/{p.name}" for p in PACKAGED_CONFIGS.glob("*.py") if "def get_config(" in p.read_text())
+    raise FileNotFoundError(f"config file {str(path)!r} does not exist (packaged configs: {', '.join(names)})")
+
+
+def resolve_config_spec(spec: str) -> str:
+    """``"path[:arg]"`` (a ``--config`` value) with the path resolved by :func:`resolve_config_path`."""
+    path, sep, arg = str(spec).partition(":")
+    return f"{resolve_config_path(path)}{sep}{arg}"
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """``"configs/x.py[:arg]"`` -> ``get_config(arg)`` of that file (:func:`resolve_config_path`), as ``--config``
+    loads it. Config files import what they share from the package (``from audioldm2_jax.configs import
+    common``)."""
+    path, _, arg = resolve_config_spec(spec).partition(":")
     module_spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
@@ -461,8 +494,6 @@ def resolved_mesh_shape(config, num_devices: int) -> dict[str, int]:
 
 def logical_rules(config):
     """DEFAULT_RULES with the config's overrides substituted (same logical name) or appended."""
-    from audioldm2_jax.parallel.partitioning import DEFAULT_RULES
-
     overrides = {name: (tuple(axes) if isinstance(axes, list) else axes)
                  for name, axes in (tuple(r) for r in config.logical_axis_rules)}
     rules = [(name, overrides.pop(name, axes)) for name, axes in DEFAULT_RULES]

@@ -21,7 +21,9 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 
+from audioldm2_jax.audio import stft
 from audioldm2_jax.models.vae import DiagonalGaussian
 
 Logits = jax.Array | Sequence[jax.Array]
@@ -112,10 +114,7 @@ def mel_l1_loss(mel_real: jax.Array, mel_fake: jax.Array) -> jax.Array:
 def _stft_magnitude(wave: jax.Array, n_fft: int, hop: int) -> jax.Array:
     """``[B, N] -> [B, frames, n_fft // 2 + 1]``: Hann-windowed magnitudes of the frames ``[k hop, k hop + n_fft)``
     (no padding), with ``sqrt(. + 1e-7)`` so that the gradient stays finite at 0."""
-    count = 1 + (wave.shape[-1] - n_fft) // hop
-    index = hop * jnp.arange(count)[:, None] + jnp.arange(n_fft)[None, :]
-    window = 0.5 - 0.5 * jnp.cos(2 * jnp.pi * jnp.arange(n_fft) / n_fft)
-    spectrum = jnp.fft.rfft(_f32(wave)[:, index] * window, axis=-1)
+    spectrum = stft.stft(_f32(wave), stft.hann_window(n_fft), hop)
     return jnp.sqrt(jnp.real(spectrum) ** 2 + jnp.imag(spectrum) ** 2 + 1e-7)
 
 
@@ -176,12 +175,16 @@ def last_layer_grad_norms(losses_fn: Callable[[Any], tuple[jax.Array, jax.Array]
     closing over features already computed (it still receives the full tree, with ``W`` substituted).
     """
     path = tuple(path)
-    leaf = _get_leaf(params, path)
+    flat = traverse_util.flatten_dict(params)
+    if path not in flat:
+        raise KeyError(f"last layer path {'/'.join(path)} is not a parameter leaf; some of the tree's: "
+                       f"{sorted('/'.join(k) for k in flat)[:6]}")
+    leaf = flat[path]
     if isinstance(leaf, nn.meta.AxisMetadata):
         leaf = leaf.unbox()
 
     def losses_of_leaf(w):
-        nll, g = losses_fn(_replace_leaf(params, path, w))
+        nll, g = losses_fn(traverse_util.path_aware_map(lambda p, x: w if p == path else x, params))
         return _f32(nll), _f32(g)
 
     (nll, g), pullback = jax.vjp(losses_of_leaf, leaf)
@@ -190,26 +193,6 @@ def last_layer_grad_norms(losses_fn: Callable[[Any], tuple[jax.Array, jax.Array]
     (g_grad,) = pullback((zero, one))
     norm = lambda t: jnp.sqrt(jnp.sum(jnp.square(t.astype(jnp.float32))))
     return norm(nll_grad), norm(g_grad)
-
-
-def _get_leaf(tree: Any, path: tuple[str, ...]) -> Any:
-    node = tree
-    for i, key in enumerate(path):
-        try:
-            node = node[key]
-        except (KeyError, TypeError):
-            raise KeyError(f"last layer path {'/'.join(path)}: no {key!r} under {'/'.join(path[:i]) or 'root'}"
-                           ) from None
-    return node
-
-
-def _replace_leaf(tree: Any, path: tuple[str, ...], value: Any) -> Any:
-    if not path:
-        return value
-    head, rest = path[0], path[1:]
-    replaced = dict(tree)
-    replaced[head] = _replace_leaf(tree[head], rest, value)
-    return type(tree)(replaced) if not isinstance(tree, dict) else replaced
 
 
 def gan_warmup(step: jax.Array | int, start_step: jax.Array | int) -> jax.Array:

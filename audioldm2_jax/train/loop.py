@@ -36,11 +36,16 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from audioldm2_jax import components
 from audioldm2_jax.compilation import compile_lowered
+from audioldm2_jax.data.pipeline import global_batch, make_dataset
+from audioldm2_jax.models.layers import resolve_attention, use_attention
 from audioldm2_jax.parallel import distributed as dist
+from audioldm2_jax.parallel import partitioning
 from audioldm2_jax.parallel.partitioning import logical_to_shardings, make_mesh, training_rules
 from audioldm2_jax.train import checkpoint as ckpt_lib
 from audioldm2_jax.train import config as config_lib
+from audioldm2_jax.train import export as export_lib
 from audioldm2_jax.train import metrics as metrics_lib
 from audioldm2_jax.train import state as state_lib
 from audioldm2_jax.train.stages import Stage, make_stage
@@ -151,7 +156,8 @@ def make_train_step(stage: Stage, optimizers: dict, schedules: dict, config, bat
 
             loss, aux, grads = accumulate_gradients(loss_fn, params[group], batch, jax.random.fold_in(rng, index),
                                                     accum, batch_sharding)
-            grad_norm = state_lib.global_norm(grads)
+            # float32 whatever the parameters' dtype, as the clipping's norm
+            grad_norm = optax.tree.norm(optax.tree.cast(grads, jnp.float32))
             updates, opt_states[group] = optimizers[group].update(grads, state.opt_state[group], params[group])
             params[group] = optax.apply_updates(params[group], updates)
             finite = finite & jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -161,14 +167,19 @@ def make_train_step(stage: Stage, optimizers: dict, schedules: dict, config, bat
             metrics[f"{prefix}learning_rate"] = schedules[group](state.step)
             metrics.update({f"{prefix}{k}": v for k, v in aux.items()})
 
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-        new_params = keep(params, state.params)
-        new_opt = keep(opt_states, state.opt_state)
+        # A non-finite step keeps every group's parameters, optimizer state and EMA. Not optax.apply_if_finite:
+        # it looks at one group's gradients only (a NaN loss with finite gradients, e.g. from a jnp.where, passes;
+        # the other groups of a GAN step would still move), applies the update anyway after
+        # ``max_consecutive_errors`` (the loop stops the run instead), and wraps the optimizer state in its own
+        # counters, which would change the checkpoints' layout.
+        new_params = optax.tree.where(finite, params, state.params)
+        new_opt = optax.tree.where(finite, opt_states, state.opt_state)
         new_ema = state.ema
         if state.ema:
             decay = state_lib.ema_decay_at(ema_decay, state.step, ema_warmup)
-            new_ema = keep({g: state_lib.update_ema(state.ema[g], new_params[g], decay) for g in state.ema},
-                           state.ema)
+            new_ema = optax.tree.where(
+                finite, {g: optax.incremental_update(new_params[g], state.ema[g], 1.0 - decay) for g in state.ema},
+                state.ema)
         skipped = jnp.where(finite, 0, 1).astype(jnp.int32)
         new_state = state.replace(
             step=state.step + 1, params=new_params, opt_state=new_opt, ema=new_ema,
@@ -203,6 +214,7 @@ class Trainer:
     batch_sharding: NamedSharding
     replicated: NamedSharding
     step_fn: Callable
+    attention: str  # the attention implementation (models/layers.py) for the mesh's platform or config.model.attention
     compiled: dict = dataclasses.field(default_factory=dict)
     flops_per_step: dict = dataclasses.field(default_factory=dict)
     compile_seconds: dict = dataclasses.field(default_factory=dict)
@@ -237,21 +249,23 @@ class Trainer:
                                                 jax.random.key(0)) for name in stage.frozen_components}
         with nn.logical_axis_rules(rules):
             frozen_shardings = {name: logical_to_shardings(tree, mesh, rules) for name, tree in frozen_abstract.items()}
-        batch_axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
-        batch_sharding = NamedSharding(mesh, PartitionSpec(batch_axes))
+        batch_sharding = partitioning.batch_sharding(mesh, rules)
         step_fn = make_train_step(stage, optimizers, schedules, config, batch_sharding)
+        # chosen for the platform the mesh compiles for, which need not be the host's (a TPU AOT compile on a CPU)
+        attention = resolve_attention(config.model.get("attention", "auto"), mesh.devices.flat[0].platform)
         return cls(config=config, workdir=Path(workdir), mesh=mesh, rules=rules, stage=stage, optimizers=optimizers,
                    schedules=schedules, state_shardings=shardings, abstract_state=abstract,
                    frozen_shardings=frozen_shardings, batch_sharding=batch_sharding,
-                   replicated=NamedSharding(mesh, PartitionSpec()), step_fn=step_fn)
+                   replicated=NamedSharding(mesh, PartitionSpec()), step_fn=step_fn, attention=attention)
 
     def context(self):
-        """The mesh and logical rules every trace of model code needs."""
+        """The mesh, logical rules and attention implementation every trace of model code needs."""
         import contextlib
 
         stack = contextlib.ExitStack()
         stack.enter_context(jax.set_mesh(self.mesh))
         stack.enter_context(nn.logical_axis_rules(self.rules))
+        stack.enter_context(use_attention(self.attention))
         return stack
 
     # ---- parameters ------------------------------------------------------------------------------------------
@@ -269,15 +283,13 @@ class Trainer:
 
     def init_frozen(self, rng):
         """Frozen parameters: loaded weights where the config names them, random otherwise; sharded."""
-        from audioldm2_jax.train.components import flatten_shapes
-
         frozen = {}
         for index, name in enumerate(self.stage.frozen_components):
             if name in self.stage.loaded:
                 host = self.stage.frozen_from_loaded(name, self.stage.loaded[name][1])
                 abstract = nn.unbox(jax.eval_shape(lambda k, n=name: self.stage.init_frozen_component(n, k),
                                                    jax.random.key(0)))
-                _check_same_shapes(name, flatten_shapes(abstract), flatten_shapes(host))
+                _check_same_shapes(name, abstract, host)
                 frozen[name] = self._place(host, self.frozen_shardings[name], name)
             else:
                 key = jax.random.fold_in(rng, 1000 + index)
@@ -288,8 +300,6 @@ class Trainer:
 
     def init_state(self, rng) -> state_lib.TrainState:
         """A fresh state: groups randomly initialised on their shards, then loaded weights swapped in."""
-        from audioldm2_jax.train.components import flatten_shapes
-
         extras = self.stage.extras_template()
 
         def make(key):
@@ -306,8 +316,7 @@ class Trainer:
             for group in self.stage.groups:
                 group_params = dict(params[group])
                 for name, host in self.stage.loaded_group_params(group).items():
-                    _check_same_shapes(name, flatten_shapes(self.abstract_state.params[group][name]),
-                                       flatten_shapes(host))
+                    _check_same_shapes(name, self.abstract_state.params[group][name], host)
                     group_params[name] = self._place(host, self.state_shardings.params[group][name], name)
                 params[group] = group_params
             return state_lib.state_from_params(params, self.optimizers, self.use_ema, extras, self.state_shardings,
@@ -324,8 +333,6 @@ class Trainer:
     # ---- batches and compilation -----------------------------------------------------------------------------
 
     def device_batch(self, host_batch: dict) -> dict:
-        from audioldm2_jax.data.pipeline import global_batch
-
         arrays = self.stage.host_batch(host_batch)
         return global_batch(arrays, self.mesh, self.batch_sharding.spec)
 
@@ -341,7 +348,7 @@ class Trainer:
         with self.context():
             lowered = jitted.lower(state, frozen, batch, key)
         self.compile_seconds[("lower", options)] = time.perf_counter() - started
-        compiled = compile_lowered(lowered)
+        compiled = compile_lowered(lowered, platform=self.mesh.devices.flat[0].platform)
         self.compile_seconds[options] = time.perf_counter() - started
         log.info("compiled the %s step (options=%r) in %.1f s", self.stage.name, options, self.compile_seconds[options])
         self.compiled[options] = compiled
@@ -368,14 +375,10 @@ class Trainer:
         return _run(self, stop_at_step)
 
 
-def _check_same_shapes(name: str, expected: dict, got: dict) -> None:
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    misshaped = sorted(k for k in set(expected) & set(got) if tuple(expected[k]) != tuple(got[k]))
-    if missing or unexpected or misshaped:
-        raise ValueError(
-            f"the weights loaded for {name!r} do not fit config.model.{name}: missing {missing[:6]}, unexpected "
-            f"{unexpected[:6]}, misshaped {[(k, got[k], expected[k]) for k in misshaped[:6]]}")
+def _check_same_shapes(name: str, expected, got) -> None:
+    problem = components.shape_mismatch(expected, got)
+    if problem:
+        raise ValueError(f"the weights loaded for {name!r} do not fit config.model.{name}: {problem}")
 
 
 def data_config(config) -> dict:
@@ -393,8 +396,6 @@ def _save_run_config(config, workdir: Path) -> None:
 
 
 def _run(trainer: Trainer, stop_at_step: int | None) -> dict:
-    from audioldm2_jax.data.pipeline import make_dataset
-
     config, workdir = trainer.config, trainer.workdir
     num_steps = int(config.num_steps)
     _save_run_config(config, workdir)
@@ -404,7 +405,8 @@ def _run(trainer: Trainer, stop_at_step: int | None) -> dict:
     preemption = ckpt_lib.PreemptionFlag(signals=() if jax.process_count() > 1 else (signal.SIGTERM,))
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", int(config.checkpoint.every_steps),
                                          int(config.checkpoint.keep), bool(config.checkpoint.async_save))
-    iterator = make_dataset(data_config(config), seed=int(config.seed))
+    iterator = make_dataset(data_config(config), seed=int(config.seed),
+                            rows=partitioning.process_batch_rows(trainer.batch_sharding, int(config.batch_size)))
     base_key = jax.random.key(int(config.seed))
     init_key, base_key = jax.random.split(base_key)
     summary: dict[str, Any] = {"stage": trainer.stage.name, "workdir": str(workdir), "preempted": False}
@@ -528,8 +530,6 @@ def _run(trainer: Trainer, stop_at_step: int | None) -> dict:
             if config.checkpoint.save_final and last_saved != final_step:
                 checkpointer.save(final_step, state, iterator, force=True)
             if final_step >= num_steps:
-                from audioldm2_jax.train import export as export_lib
-
                 export_state, export_frozen = state, frozen
                 if jax.process_count() > 1:  # parameters sharded across processes: whole copies on every host
                     export_state = state.replace(params=dist.gather_to_host(state.params),

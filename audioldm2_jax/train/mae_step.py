@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
 from audioldm2_jax.models.audiomae import AudioMAEConfig, MaskedAutoencoder
-from audioldm2_jax.parallel.partitioning import DEFAULT_RULES, LogicalRules, logical_to_shardings
+from audioldm2_jax.parallel.partitioning import DEFAULT_RULES, LogicalRules, batch_sharding, logical_to_shardings
 
 Batch = Mapping[str, jax.Array] | jax.Array
 
@@ -77,13 +77,6 @@ def _init_fn(model: MaskedAutoencoder) -> Callable:
         return model.init({"params": rng}, fbank, jnp.zeros((1, c.num_patches), jnp.float32))["params"]
 
     return init
-
-
-def batch_sharding(mesh: jax.sharding.Mesh, rules: LogicalRules = DEFAULT_RULES) -> NamedSharding:
-    """Leading (batch) dimension split as the rules map ``act_batch``; the rest replicated. Used as a prefix, it
-    fits every array of a batch dict whatever its rank."""
-    spec = nn.logical_to_mesh_axes(("act_batch",), rules)
-    return NamedSharding(mesh, spec)
 
 
 def build_mae_step(config: AudioMAEConfig, mesh: jax.sharding.Mesh, rules: LogicalRules = DEFAULT_RULES, *,

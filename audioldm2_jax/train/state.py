@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from audioldm2_jax.parallel.partitioning import logical_to_shardings
 from audioldm2_jax.train import config as config_lib
 
 PyTree = Any
@@ -63,17 +64,6 @@ def ema_decay_at(decay: float, step, warmup: bool):
     return jnp.minimum(jnp.asarray(decay, jnp.float32), (1.0 + s) / (10.0 + s))
 
 
-def update_ema(ema, params, decay):
-    return jax.tree.map(lambda e, p: e + (1.0 - decay) * (p.astype(e.dtype) - e), ema, params)
-
-
-def global_norm(tree) -> jax.Array:
-    leaves = jax.tree.leaves(tree)
-    if not leaves:
-        return jnp.zeros((), jnp.float32)
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
-
-
 def init_train_state(params: dict, optimizers: Mapping[str, optax.GradientTransformation], use_ema: bool,
                      extras: Mapping | None = None) -> TrainState:
     """A fresh state around ``params`` (``{group: tree}``)."""
@@ -95,8 +85,6 @@ def state_shardings(abstract_boxed_params: dict, optimizers: Mapping[str, optax.
     Optimizer moments are sharded like their parameters (``optax.tree_map_params``); counters and scalars are
     replicated.
     """
-    from audioldm2_jax.parallel.partitioning import logical_to_shardings
-
     replicated = NamedSharding(mesh, PartitionSpec())
     with nn.logical_axis_rules(rules):
         param_sh = {g: logical_to_shardings(tree, mesh, rules) for g, tree in abstract_boxed_params.items()}
@@ -113,24 +101,6 @@ def state_shardings(abstract_boxed_params: dict, optimizers: Mapping[str, optax.
         ema=dict(param_sh) if use_ema else {}, extras=jax.tree.map(lambda _: replicated, abstract.extras),
         skipped=replicated, consecutive_skipped=replicated)
     return abstract, shardings
-
-
-def create_sharded_state(init_params: Callable[[jax.Array], dict], rng: jax.Array,
-                         optimizers: Mapping[str, optax.GradientTransformation], use_ema: bool, extras: Mapping,
-                         mesh: jax.sharding.Mesh, rules) -> tuple[TrainState, TrainState]:
-    """Initialises ``init_params(rng) -> {group: boxed tree}`` and the optimizer states under one jit whose
-    ``out_shardings`` are the logical ones: every array is born on its shards. Returns ``(state, shardings)``."""
-    with nn.logical_axis_rules(rules):
-        abstract_boxed = jax.eval_shape(init_params, rng)
-    _, shardings = state_shardings(abstract_boxed, optimizers, use_ema, extras, mesh, rules)
-
-    def make(key):
-        params = nn.unbox(init_params(key))
-        return init_train_state(params, optimizers, use_ema, extras)
-
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        state = jax.jit(make, out_shardings=shardings)(rng)
-    return state, shardings
 
 
 def state_from_params(params: dict, optimizers: Mapping[str, optax.GradientTransformation], use_ema: bool,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from audioldm2_jax.data.procedural import caption_for, sample_attributes
 
 CLAP_SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
 
@@ -39,8 +40,6 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> tuple[np.ndarr
 
 def procedural_captions(count: int = 4000, seed: int = 0, **grammar) -> list[str]:
     """Captions drawn from the procedural dataset's grammar (every wording), for training tokenizers."""
-    from audioldm2_jax.data.procedural import caption_for, sample_attributes
-
     rng = np.random.default_rng(seed)
     return [caption_for(sample_attributes(rng, **grammar), rng) for _ in range(count)]
 

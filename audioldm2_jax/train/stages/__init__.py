@@ -7,6 +7,10 @@ optimizers, accumulation, checkpoints, logging). A stage declares
   optimizer and its own loss (GAN stages: ``("generator", "discriminator")``, updated one after the other
   within a step);
 - ``frozen_components``: networks it runs but does not train (the VAE and AudioMAE of the LDM stage, ...);
+- ``reads_from`` / ``carries_from``: the stage graph, ``{component: the earlier stage whose export holds it}`` for
+  the components it starts from or freezes, and for those it only carries into its own export (the joint stage
+  carries the vocoder, so that its export is a complete model); configs point ``init.<component>`` at those
+  exports (:func:`audioldm2_jax.configs.common.link_stages`), the quickstart orders its stages by them;
 
 and implements
 
@@ -24,13 +28,15 @@ Weights: every component named in the config's ``init`` section is loaded on the
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from audioldm2_jax.train import components as comp
+from audioldm2_jax import components
+from audioldm2_jax.models.audiomae import init_encoder
 from audioldm2_jax.train import config as config_lib
 
 
@@ -45,6 +51,10 @@ class Stage:
     #: components the stage does not run but carries into its export when the config names their weights
     passenger_components: ClassVar[tuple[str, ...]] = ("unet", "vae", "vocoder", "audiomae", "gpt2", "t5", "clap",
                                                        "projection")
+    #: components taken from an earlier stage's export (starting or frozen weights) -> that stage
+    reads_from: ClassVar[dict[str, str]] = {}
+    #: components not run but carried from an earlier stage's export into this one's -> that stage
+    carries_from: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config, dtype=jnp.float32):
         self.config = config
@@ -53,7 +63,7 @@ class Stage:
         for name in self.components():
             source = config.init.get(name, "")
             if source:
-                cfg, params, extra = comp.load_component(name, source)
+                cfg, params, extra = components.load(name, source)
                 self.loaded[name] = (cfg, params, extra)
                 config_lib.set_model_config(config, name, cfg)
         self.model_configs = {name: config_lib.model_config(config, name) for name in self.components()}
@@ -65,14 +75,14 @@ class Stage:
         return tuple(self.group_components)
 
     def components(self) -> tuple[str, ...]:
-        trained = tuple(c for cs in self.group_components.values() for c in cs if c in comp.COMPONENTS)
+        trained = tuple(c for cs in self.group_components.values() for c in cs if c in components.COMPONENTS)
         return trained + tuple(self.frozen_components)
 
     # ---- parameters ------------------------------------------------------------------------------------------
 
     def init_component(self, name: str, rng: jax.Array):
         """Boxed random parameters of one trainable component (override for non-standard components)."""
-        return comp.init_fn(name, self.model_configs[name])(rng)
+        return components.init_fn(name, self.model_configs[name])(rng)
 
     def init_group(self, group: str, rng: jax.Array) -> dict:
         names = self.group_components[group]
@@ -83,16 +93,17 @@ class Stage:
         """Boxed random parameters of a frozen component without weights (tests, from-scratch smoke runs). A frozen
         AudioMAE is its encoder only: the LOA extractor."""
         if name == "audiomae":
-            from audioldm2_jax.models.audiomae import init_encoder
-
             return init_encoder(rng, self.model_configs["audiomae"])
-        return comp.init_fn(name, self.model_configs[name])(rng)
+        return components.init_fn(name, self.model_configs[name])(rng)
 
     def frozen_from_loaded(self, name: str, params: dict) -> dict:
         """The part of a loaded component the stage keeps frozen: AudioMAE is stored as the masked autoencoder
-        (``{"encoder", "decoder"}``), of which frozen uses keep the encoder; anything else whole."""
+        (``{"encoder", "decoder"}``), of which frozen uses keep the encoder; CLAP as the whole ``ClapModel``, of which
+        they keep the text tower; anything else whole."""
         if name == "audiomae" and "encoder" in params:
             return params["encoder"]
+        if name == "clap":
+            return {key: params[key] for key in ("text_model", "text_projection")}
         return params
 
     def loaded_group_params(self, group: str) -> dict[str, Any]:
@@ -129,7 +140,7 @@ class Stage:
         out = {}
         for group, names in self.group_components.items():
             for name in names:
-                if name in comp.COMPONENTS:
+                if name in components.COMPONENTS:
                     out[name] = (self.model_configs[name], params[group][name], {})
         for name, (cfg, loaded_params, extra) in self.loaded.items():
             out.setdefault(name, (cfg, loaded_params, extra))
@@ -142,7 +153,7 @@ class Stage:
         for name in self.passenger_components:
             source = self.config.init.get(name, "")
             if source and name not in out:
-                out[name] = comp.load_component(name, source)
+                out[name] = components.load(name, source)
         return out
 
     def samples(self, params: dict, frozen: dict, extras: dict, batch: dict, rng: jax.Array) -> dict:
@@ -150,20 +161,33 @@ class Stage:
         return {}
 
 
-STAGE_MODULES = {"ldm": "ldm", "gpt2": "gpt2", "joint": "joint", "audiomae": "audiomae", "vae": "vae",
-                 "vocoder": "vocoder", "toy": "toy"}
+# The paper's stages in the order they train (each reads only earlier stages' exports), and the smoke-test stage.
+# A stage's class is ``STAGE`` in the module of the same name.
+STAGE_ORDER = ("vae", "vocoder", "audiomae", "ldm", "gpt2", "joint")
+STAGES = STAGE_ORDER + ("toy",)
 
 
 def stage_class(name: str) -> type:
     """The class of a built-in stage (``"ldm"``, ...) or of a custom one given as ``"package.module:Class"``."""
-    import importlib
-
     if ":" in name:
         module_name, class_name = name.split(":", 1)
         return getattr(importlib.import_module(module_name), class_name)
-    if name not in STAGE_MODULES:
-        raise ValueError(f"stage={name!r} is not one of {tuple(STAGE_MODULES)} (or 'package.module:Class')")
-    return importlib.import_module(f"audioldm2_jax.train.stages.{STAGE_MODULES[name]}").STAGE
+    if name not in STAGES:
+        raise ValueError(f"stage={name!r} is not one of {STAGES} (or 'package.module:Class')")
+    return importlib.import_module(f"audioldm2_jax.train.stages.{name}").STAGE
+
+
+def stage_inputs(name: str) -> dict[str, str]:
+    """``{component: producing stage}`` of every earlier export ``name`` reads or carries (its ``reads_from`` and
+    ``carries_from``)."""
+    cls = stage_class(name)
+    return {**cls.reads_from, **cls.carries_from}
+
+
+def stage_dependencies(name: str) -> tuple[str, ...]:
+    """The stages whose exports ``name`` reads or carries, in :data:`STAGE_ORDER`."""
+    producers = set(stage_inputs(name).values())
+    return tuple(s for s in STAGE_ORDER if s in producers)
 
 
 def make_stage(config, dtype=jnp.float32) -> Stage:

@@ -3,6 +3,7 @@ VITS, AudioMAE LOA), VAE latents, and feature cropping."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -10,15 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from audioldm2_jax import components
 from audioldm2_jax.models.audiomae import AudioMAEEncoder, loa_pooling, pool_loa
 from audioldm2_jax.models.vae import AutoencoderKL
 from audioldm2_jax.models.vits_text import END_OF_PHONEMES_ID, mark_end_of_phonemes
-from audioldm2_jax.train import components as comp
+from audioldm2_jax.train import config as config_lib
 from audioldm2_jax.train import text as text_lib
-
-# diffusers' pipeline folders name the tokenizers after the encoders they feed (the second encoder, T5 or VITS,
-# reads tokenizer_2/).
-TOKENIZER_SUBFOLDERS = {"clap": "tokenizer", "t5": "tokenizer_2", "vits": "tokenizer_2"}
+from audioldm2_jax.train.config import ConfigError
 
 
 def text_encoder_2(config) -> str:
@@ -29,17 +28,15 @@ def text_encoder_2(config) -> str:
 def unet_config(config):
     """The UNet's architecture config: read from ``init.unet`` when it names weights (without loading them),
     else ``config.model.unet``. Stages call it before building to know whether the UNet has a T5 stream."""
-    from audioldm2_jax.train import config as config_lib
-
     source = config.init.get("unet", "")
-    return comp.load_component_config("unet", source) if source else config_lib.model_config(config, "unet")
+    return components.get("unet").load_config(source) if source else config_lib.model_config(config, "unet")
 
 
 def passenger_components(config, base: tuple[str, ...]) -> tuple[str, ...]:
     """A stage's passengers with the second text encoder the model does not use left out (a speech model's export
     carries VITS, never T5, and the reverse)."""
     unused = "t5" if text_encoder_2(config) == "vits" else "vits"
-    return tuple(name for name in base + ("vits",) if name != unused and name in comp.COMPONENTS)
+    return tuple(name for name in base + ("vits",) if name != unused and name in components.COMPONENTS)
 
 
 def find_tokenizer(config, encoder: str) -> str:
@@ -54,7 +51,7 @@ def find_tokenizer(config, encoder: str) -> str:
     if explicit:
         return explicit
     source = config.init.get(encoder, "")
-    sub = TOKENIZER_SUBFOLDERS[encoder]
+    sub = components.get(encoder).tokenizer
     if source:
         path = Path(source)
         for candidate in (path / sub, path / "export" / sub, path.parent / sub, path / "tokenizer"):
@@ -103,8 +100,6 @@ class TranscriptionTokenizer:
 
     def check(self, vocab_size: int) -> None:
         """The tokenizer must pad to ``max_length`` at inference too, and every id must have an embedding."""
-        from audioldm2_jax.train.config import ConfigError
-
         problems = []
         model_max = int(getattr(self.tokenizer, "model_max_length", 0) or 0)
         if model_max != self.max_length:
@@ -136,8 +131,6 @@ def transcriptions_of(batch: Mapping[str, Any], captions: np.ndarray | None = No
 
     Raises a ConfigError when the batch has no transcription field, or when every transcription is empty and no
     caption stands in: a speech model trained on empty phoneme streams learns to ignore them."""
-    from audioldm2_jax.train.config import ConfigError
-
     if "transcription" not in batch:
         raise ConfigError(f"config error: model.text_encoder_2='vits' reads each clip's transcription, but the batch "
                           f"has no 'transcription' field (keys: {sorted(batch)}); use a dataset with transcriptions "
@@ -190,8 +183,6 @@ class LOAExtractor:
         self.encoder = AudioMAEEncoder(mae_config, dtype=dtype)
 
     def check_lambda(self, lam) -> None:
-        from audioldm2_jax.train.config import ConfigError
-
         try:
             loa_pooling(lam, self.config.grid)
         except ValueError as err:
@@ -210,13 +201,23 @@ def vae_latents(vae: AutoencoderKL, vae_params, mel: jax.Array, key: jax.Array |
     return jax.lax.stop_gradient(z)
 
 
+def with_latent_scale(exported: dict, extras: Mapping[str, Any]) -> dict:
+    """A stage's export with the latent scale its UNet was trained with carried by the VAE, as diffusers'
+    ``scaling_factor`` (and ``latent_scale`` in its training record)."""
+    if "vae" in exported:
+        cfg, vae_params, training = exported["vae"]
+        scale = float(jax.device_get(extras["latent_scale"]))
+        exported = {**exported, "vae": (dataclasses.replace(cfg, scaling_factor=scale), vae_params,
+                                        {**training, "latent_scale": scale})}
+    return exported
+
+
 def check_dims(what: str, got: int, expected: int, hint: str) -> None:
     if got != expected:
-        from audioldm2_jax.train.config import ConfigError
-
         raise ConfigError(f"config error: {what}: {got} != {expected} ({hint})")
 
 
 __all__ = ["CaptionTokenizer", "LOAExtractor", "TranscriptionTokenizer", "audiomae_fbank", "captions_of", "check_dims",
-           "comp", "find_tokenizer", "fit_frames", "log_mel",
-           "passenger_components", "text_encoder_2", "transcriptions_of", "unet_config", "vae_latents"]
+           "find_tokenizer", "fit_frames", "log_mel",
+           "passenger_components", "text_encoder_2", "transcriptions_of", "unet_config", "vae_latents",
+           "with_latent_scale"]

@@ -23,13 +23,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from audioldm2_jax.models.audiomae import loa_token_count
+from audioldm2_jax.models.clap import ClapTextTower
 from audioldm2_jax.models.gpt2 import GPT2Model
 from audioldm2_jax.models.projection import AudioLDM2ProjectionModel
 from audioldm2_jax.models.t5 import T5EncoderModel
 from audioldm2_jax.models.vits_text import VitsTextEncoder
-from audioldm2_jax.train.components import ClapTextEncoder
-from audioldm2_jax.train.stages import Stage
-from audioldm2_jax.train.stages import common
+from audioldm2_jax.train.config import ConfigError
+from audioldm2_jax.train.stages import Stage, common
 
 
 def pack_sequences(values: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -57,7 +58,7 @@ class TextToLOA:
     def __init__(self, stage: Stage, config, dtype):
         cfgs = stage.model_configs
         self.speech = common.text_encoder_2(config) == "vits"
-        self.clap = ClapTextEncoder(cfgs["clap"], dtype=dtype)
+        self.clap = ClapTextTower(cfgs["clap"], dtype=dtype)
         self.projection = AudioLDM2ProjectionModel(cfgs["projection"], dtype=dtype)
         self.gpt2 = GPT2Model(cfgs["gpt2"], dtype=dtype)
         self.loa = common.LOAExtractor(cfgs["audiomae"], dtype)
@@ -88,15 +89,11 @@ class TextToLOA:
         common.check_dims("model.gpt2.n_embd vs model.audiomae.embed_dim", cfgs["gpt2"].n_embd,
                           cfgs["audiomae"].embed_dim, "GPT-2 predicts AudioMAE LOA tokens")
         if cfgs["gpt2"].max_new_tokens != self.num_tokens:
-            from audioldm2_jax.train.config import ConfigError
-
             raise ConfigError(f"config error: model.gpt2.max_new_tokens={cfgs['gpt2'].max_new_tokens} but LOA pooling "
                               f"gpt2.loa_lambda={self.lam} gives {self.num_tokens} tokens: inference generates "
                               "max_new_tokens LOA tokens, so the two must agree")
         total = self._prompt_length() + self.num_tokens - 1
         if total > cfgs["gpt2"].n_positions:
-            from audioldm2_jax.train.config import ConfigError
-
             raise ConfigError(f"config error: prompt ({self._prompt_length()}) + LOA ({self.num_tokens}) tokens exceed "
                               f"model.gpt2.n_positions={cfgs['gpt2'].n_positions}")
 
@@ -172,8 +169,6 @@ class TextToLOA:
 def _phoneme_length(config, projection_config) -> int:
     """The fixed phoneme length of the speech models: the projection's learned table length (``text.vits_max_length``
     may restate it)."""
-    from audioldm2_jax.train.config import ConfigError
-
     if not projection_config.use_learned_position_embedding:
         raise ConfigError("config error: model.text_encoder_2='vits' needs "
                           "model.projection.use_learned_position_embedding=True with max_seq_length = the phoneme "
@@ -188,8 +183,6 @@ def _phoneme_length(config, projection_config) -> int:
 
 
 def _token_count(mae_config, lam) -> int:
-    from audioldm2_jax.models.audiomae import loa_token_count
-
     return loa_token_count(lam, mae_config.grid)
 
 
@@ -197,6 +190,7 @@ class GPT2Stage(Stage):
     name = "gpt2"
     group_components = {"gpt2": ("projection", "gpt2")}
     frozen_components = ("clap", "t5", "audiomae")  # "vits" in place of "t5" for the speech models (per instance)
+    reads_from = {"audiomae": "audiomae"}
 
     def __init__(self, config, dtype=jnp.float32):
         self.frozen_components = ("clap", common.text_encoder_2(config), "audiomae")

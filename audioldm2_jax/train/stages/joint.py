@@ -37,6 +37,8 @@ class JointStage(Stage):
     name = "joint"
     group_components = {"model": ("unet", "projection", "gpt2")}
     frozen_components = ("vae", "audiomae", "t5", "clap")  # "vits" in place of "t5" for speech models (per instance)
+    reads_from = {"unet": "ldm", "vae": "ldm", "audiomae": "audiomae", "gpt2": "gpt2", "projection": "gpt2"}
+    carries_from = {"vocoder": "vocoder"}  # so that the last export is a complete model
 
     def __init__(self, config, dtype=jnp.float32):
         self.frozen_components = ("vae", "audiomae", common.text_encoder_2(config), "clap")
@@ -76,14 +78,7 @@ class JointStage(Stage):
         return ldm_loss + self.gpt2_weight * gpt2_loss, metrics
 
     def export_components(self, params, frozen, extras):
-        import dataclasses
-
-        out = super().export_components(params, frozen, extras)
-        if "vae" in out:
-            cfg, vae_params, extra = out["vae"]
-            scale = float(jax.device_get(extras["latent_scale"]))
-            out["vae"] = (dataclasses.replace(cfg, scaling_factor=scale), vae_params, {**extra, "latent_scale": scale})
-        return out
+        return common.with_latent_scale(super().export_components(params, frozen, extras), extras)
 
 
 STAGE = JointStage

@@ -9,13 +9,11 @@ Two parameter groups, updated one after the other like a GAN stage's:
   so the second group's loss depends on the first group's freshly updated parameters.
 
 A run-level extra (``mel_scale``, 1 / std of the first batch) and a static per-step option (a different program every fifth step)
-exercise the same paths as the LDM stage's latent scale and LOA pooling rate. ``toy.nan_steps`` makes the loss
-non-finite on a range of steps, and ``toy.sleep_seconds`` slows each batch down (both for tests).
+exercise the same paths as the LDM stage's latent scale and LOA pooling rate. The loop's tests inject faults (a
+non-finite loss, slow batches) through a subclass of their own (``tests/toy_faults.py``).
 """
 
 from __future__ import annotations
-
-import time
 
 import flax.linen as nn
 import jax
@@ -59,9 +57,6 @@ class ToyStage(Stage):
         self.denoiser = FrameDenoiser(int(config.toy.hidden), dtype=dtype)
         self.probe = Probe()
         self.bins = 64
-        nan = tuple(int(v) for v in config.toy.nan_steps)
-        self.nan_range = nan if len(nan) == 2 else None
-        self.sleep = float(config.toy.sleep_seconds)
 
     def components(self):
         return ()
@@ -74,8 +69,6 @@ class ToyStage(Stage):
         return self.probe.init(rng, features)["params"]
 
     def host_batch(self, batch):
-        if self.sleep:
-            time.sleep(self.sleep)
         return {"log_mel": common.log_mel(batch)}
 
     def step_options(self, step):
@@ -100,8 +93,6 @@ class ToyStage(Stage):
             loss, _ = self._denoise(params["denoiser"]["denoiser"], batch, extras, rng)
             # the option changes the program (a second compiled step) but not the value
             loss = loss + 0.0 * options
-            if self.nan_range is not None:
-                loss = jnp.where((step >= self.nan_range[0]) & (step < self.nan_range[1]), jnp.nan, loss)
             return loss, {}
         _, features = self._denoise(params["denoiser"]["denoiser"], batch, extras, rng)
         target = jnp.mean(batch["log_mel"], axis=(1, 2))

@@ -20,12 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from audioldm2_jax.audio import mel as mel_lib
+from audioldm2_jax.audio import stft
 from audioldm2_jax.models.discriminators import (HifiGanDiscriminatorConfig, MultiPeriodDiscriminator,
                                                  MultiScaleDiscriminator)
 from audioldm2_jax.models.vocoder import HifiGanVocoder
 from audioldm2_jax.train import gan_losses
-from audioldm2_jax.train.stages import Stage
-from audioldm2_jax.train.stages import common
+from audioldm2_jax.train.config import ConfigError
+from audioldm2_jax.train.stages import Stage, common
 
 HOP = mel_lib.HOP_LENGTH
 
@@ -33,10 +34,7 @@ HOP = mel_lib.HOP_LENGTH
 def differentiable_log_mel(wave: jax.Array) -> jax.Array:
     """``[B, N] -> [B, N // 160, 64]``: the pipeline's log-mel, with ``sqrt(re^2 + im^2 + 1e-12)`` as the magnitude
     (``|z|`` has no gradient at 0)."""
-    pad = [(0, 0)] * (wave.ndim - 1) + [(mel_lib.PAD, mel_lib.PAD)]
-    padded = jnp.pad(wave.astype(jnp.float32), pad, mode="reflect")
-    frames = padded[..., mel_lib.frame_indices(padded.shape[-1], mel_lib.N_FFT, HOP)]
-    spectrum = jnp.fft.rfft(frames * jnp.asarray(mel_lib.hann_window(), jnp.float32), n=mel_lib.N_FFT, axis=-1)
+    spectrum = stft.stft(wave.astype(jnp.float32), mel_lib.hann_window(), HOP, pad=mel_lib.PAD)
     magnitude = jnp.sqrt(jnp.real(spectrum) ** 2 + jnp.imag(spectrum) ** 2 + 1e-12)
     mel = jnp.matmul(magnitude, jnp.asarray(mel_lib.mel_basis().T), precision=jax.lax.Precision.HIGHEST)
     return jnp.log(jnp.maximum(mel, mel_lib.LOG_FLOOR))
@@ -74,18 +72,12 @@ class VocoderStage(Stage):
         self.msd = MultiScaleDiscriminator(self.disc_config, dtype=dtype)
         cfg = self.model_configs["vocoder"]
         if cfg.hop_length != HOP:
-            from audioldm2_jax.train.config import ConfigError
-
             raise ConfigError(f"config error: model.vocoder upsamples by {cfg.hop_length} (the product of "
                               f"upsample_rates); the mel front end hops {HOP} samples per frame")
         if cfg.output_length(self.segment) < self.segment * HOP:
-            from audioldm2_jax.train.config import ConfigError
-
             raise ConfigError(f"config error: model.vocoder makes {cfg.output_length(self.segment)} samples from "
                               f"{self.segment} frames, fewer than {self.segment * HOP}")
         if self.stft_weight > 0 and max(n for n, _ in self.stft_resolutions) > self.segment * HOP:
-            from audioldm2_jax.train.config import ConfigError
-
             raise ConfigError(f"config error: vocoder.stft_resolutions has n_fft "
                               f"{max(n for n, _ in self.stft_resolutions)} > the {self.segment * HOP} samples of a "
                               f"segment (vocoder.segment_frames={self.segment})")
@@ -101,8 +93,6 @@ class VocoderStage(Stage):
     def host_batch(self, batch):
         mel = common.log_mel(batch)
         if mel.shape[1] < self.segment:
-            from audioldm2_jax.train.config import ConfigError
-
             raise ConfigError(f"config error: vocoder.segment_frames={self.segment} exceeds the clips' "
                               f"{mel.shape[1]} mel frames")
         wave = np.asarray(batch["waveform"], np.float32)[:, :mel.shape[1] * HOP]

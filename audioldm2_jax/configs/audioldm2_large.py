@@ -13,11 +13,12 @@ T-UNet (two transformer blocks per Transformer2D and a fourth, self-attention-on
 
 from __future__ import annotations
 
-from configs import audioldm2_base as base
+from audioldm2_jax.configs import audioldm2_base as base
+from audioldm2_jax.configs import common
 
 VARIANT = "large"
 
 
 def get_config(arg: str = "ldm"):
-    stage, options = base.parse(arg)
+    stage, options = common.parse_arg(arg, base.OPTIONS)
     return base.build(stage, options, variant=VARIANT)

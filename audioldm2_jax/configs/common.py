@@ -1,39 +1,46 @@
-"""Pieces the config files share: model sizes (tiny ones for CPU runs and tests), the procedural dataset, and the
-links between stages (a later stage's frozen / starting weights are an earlier stage's export)."""
+"""Pieces the config files share: their argument parser, model sizes (tiny ones for CPU runs and tests), the
+procedural dataset, and the links between stages (a later stage's frozen / starting weights are an earlier stage's
+export: the stage classes of :mod:`audioldm2_jax.train.stages` declare which)."""
 
 from __future__ import annotations
 
 import os
+from typing import Iterable, Sequence
 
 import ml_collections
 
 from audioldm2_jax.train.config import base_config
+from audioldm2_jax.train.stages import STAGE_ORDER, stage_class, stage_inputs
 
-STAGE_ORDER = ("vae", "vocoder", "audiomae", "ldm", "gpt2", "joint")
 
-# What each stage reads from earlier stages' exports (component -> the stage that trains it).
-STAGE_INPUTS = {
-    "vae": {},
-    "vocoder": {},
-    "audiomae": {},
-    "ldm": {"vae": "vae", "audiomae": "audiomae"},
-    "gpt2": {"audiomae": "audiomae"},
-    "joint": {"unet": "ldm", "vae": "ldm", "audiomae": "audiomae", "gpt2": "gpt2", "projection": "gpt2"},
-}
-# Components carried along so that the last stage's export is a complete model.
-STAGE_PASSENGERS = {"joint": {"vocoder": "vocoder"}}
+def parse_arg(arg: str, options: Iterable[str], stages: Sequence[str] = STAGE_ORDER) -> tuple[str, dict[str, str]]:
+    """A config file's argument ``"<stage>[,key=value...]"`` (``--config configs/x.py:<arg>``) ->
+    ``(stage, {key: value})``. A stage not in ``stages``, a field that is not ``key=value`` or a key not in
+    ``options`` raises a ValueError naming it."""
+    parts = [p.strip() for p in (arg or "").split(",") if p.strip()]
+    if not parts or parts[0] not in stages:
+        raise ValueError(f"config arg {arg!r}: the first field must be a stage, one of {tuple(stages)}")
+    allowed = tuple(options)
+    values = {}
+    for part in parts[1:]:
+        key, sep, value = part.partition("=")
+        if not sep or key not in allowed:
+            raise ValueError(f"config arg {arg!r}: unknown option {part!r}; options are key=value with key one of "
+                             f"{allowed}")
+        values[key] = value
+    return parts[0], values
 
 
 def link_stages(c: ml_collections.ConfigDict, stage: str, root: str, text_dir: str | None = None) -> None:
-    """Points ``c.init`` at the exports of earlier stages under ``root/<stage>/`` and, when given, the shared
-    text encoders and tokenizers under ``text_dir``."""
-    for component, producer in {**STAGE_INPUTS[stage], **STAGE_PASSENGERS.get(stage, {})}.items():
+    """Points ``c.init`` at the exports of earlier stages under ``root/<stage>/`` (the stage class's ``reads_from``
+    and ``carries_from``) and, when given, the shared text encoders and tokenizers under ``text_dir``."""
+    for component, producer in stage_inputs(stage).items():
         c.init[component] = os.path.join(root, producer, "export")
     if text_dir:
-        if stage in ("ldm", "gpt2", "joint"):
-            c.init.t5 = os.path.join(text_dir, "t5")
-        if stage in ("gpt2", "joint"):
-            c.init.clap = os.path.join(text_dir, "clap")
+        frozen = stage_class(stage).frozen_components  # the text encoders a stage runs are frozen
+        for encoder in ("t5", "clap"):
+            if encoder in frozen:
+                c.init[encoder] = os.path.join(text_dir, encoder)
         c.text.t5_tokenizer = os.path.join(text_dir, "tokenizer_2")
         c.text.clap_tokenizer = os.path.join(text_dir, "tokenizer")
 
@@ -110,4 +117,5 @@ def cpu_run(c: ml_collections.ConfigDict) -> None:
     c.data.prefetch_buffer_size = 4
 
 
-__all__ = ["STAGE_ORDER", "base_config", "cpu_run", "link_stages", "micro_models", "procedural_data", "tiny_models"]
+__all__ = ["STAGE_ORDER", "base_config", "cpu_run", "link_stages", "micro_models", "parse_arg", "procedural_data",
+           "tiny_models"]

@@ -5,7 +5,7 @@
     python train.py --config configs/smoke.py --workdir /tmp/smoke --config.mesh.data=2 --config.mesh.tensor=4
 """
 
-from configs import common
+from audioldm2_jax.configs import common
 
 
 def get_config(arg: str = ""):

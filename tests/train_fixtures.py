@@ -1,24 +1,24 @@
-"""Helpers for the trainer's tests and for smoke runs: micro configs of every stage, restoring a run's checkpoint,
-and the loss of given parameters on a given batch with a given step's random draws."""
+"""Helpers for the trainer's tests: micro configs of every stage, restoring a run's checkpoint, and the loss of given
+parameters on a given batch with a given step's random draws (``import train_fixtures``: pytest puts tests/ on the
+path)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
+from audioldm2_jax.configs import common
+from audioldm2_jax.data.pipeline import make_dataset
+from audioldm2_jax.train import text
+from audioldm2_jax.train.checkpoint import Checkpointer, restore_frozen
+from audioldm2_jax.train.loop import data_config
 
 
 def micro_config(stage: str, tokenizers=None, frames: int = 128, **mesh):
     """A micro-size config of ``stage`` on procedural clips of ``frames`` mel frames (8 clips, batch 4, one device
     unless ``mesh`` says otherwise): two-level UNet, one-layer text encoders, a 4-token LOA."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from configs import common
-
     c = common.base_config()
     c.stage = stage
     common.cpu_run(c)
@@ -78,9 +78,6 @@ def speech_micro_config(stage: str, tokenizers, vits_tokenizer, phonemes: int = 
 
 def first_batch(trainer, index: int = 0, seed: int | None = None):
     """Host batch ``index`` of the run's input pipeline (``seed`` default: the run's)."""
-    from audioldm2_jax.data.pipeline import make_dataset
-    from audioldm2_jax.train.loop import data_config
-
     iterator = make_dataset(data_config(trainer.config), seed=int(trainer.config.seed if seed is None else seed))
     for _ in range(index):
         next(iterator)
@@ -95,8 +92,6 @@ def run_keys(config):
 
 def restore(trainer, workdir, step: int):
     """``(state, frozen)`` of a run's checkpoint ``step``, placed on ``trainer``'s mesh."""
-    from audioldm2_jax.train.checkpoint import Checkpointer, restore_frozen
-
     checkpointer = Checkpointer(Path(workdir) / "checkpoints", 1, None)
     try:
         state = checkpointer.restore(step, trainer.restore_target())
@@ -118,8 +113,6 @@ def loss_at(trainer, state, frozen, host_batch, step: int, base_key, options=Non
 
 
 def caption_tokenizers(directory):
-    from audioldm2_jax.train import text
-
     return text.build_caption_tokenizers(directory)
 
 

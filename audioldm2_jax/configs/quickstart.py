@@ -1,7 +1,7 @@
 """The quickstart: every stage at tiny size on the procedural dataset, on a few CPU cores.
 
     make quickstart                                      # text pieces, all stages, sampling, the prompt report
-    python -m audioldm2_jax.train.quickstart --root runs/quickstart    # the same
+    python -m audioldm2_jax.quickstart --root runs/quickstart          # the same
     python train.py --config configs/quickstart.py:ldm --workdir runs/quickstart/ldm   # one stage
 
 ``get_config("<stage>[,root=DIR][,steps=N][,micro=1]")``: stages read the exports of earlier ones under ``root``
@@ -21,7 +21,8 @@ report's spectrogram row and ceiling rows; figures in docs/training.md).
 
 import ml_collections
 
-from configs import common
+from audioldm2_jax.configs import common
+from audioldm2_jax.models.audiomae import loa_token_count
 
 MICRO_SECONDS = 1.28
 CLIP_SECONDS = 1.28  # 128 mel frames: latents [32, 16, 8]; AudioMAE sees an 8 x 8 patch grid
@@ -36,6 +37,7 @@ STEPS = {"vae": 140, "vocoder": 120, "audiomae": 60, "ldm": 140, "gpt2": 150, "j
 BATCH = {"vae": 4, "vocoder": 4, "audiomae": 8, "ldm": 8, "gpt2": 16, "joint": 8}
 LEARNING_RATE = {"vae": 2e-3, "vocoder": 1e-3, "audiomae": 1e-3, "ldm": 2e-3, "gpt2": 2e-3, "joint": 5e-4}
 MICRO_STEPS = 4
+OPTIONS = ("root", "steps", "micro")
 
 # Small multi-period / multi-scale discriminators for the vocoder stage (HiFi-GAN's V1 ones, 1024 channels wide,
 # would cost more than everything else together).
@@ -58,16 +60,8 @@ def sampling_settings(micro: bool = False) -> dict:
     return dict(MICRO_SAMPLING if micro else SAMPLING)
 
 
-def _parse(arg: str) -> tuple[str, dict]:
-    parts = [p for p in (arg or "ldm").split(",") if p]
-    options = dict(p.split("=", 1) for p in parts[1:])
-    return parts[0], options
-
-
 def get_config(arg: str = "ldm"):
-    stage, options = _parse(arg)
-    if stage not in common.STAGE_ORDER:
-        raise ValueError(f"quickstart stage {stage!r} is not one of {common.STAGE_ORDER}")
+    stage, options = common.parse_arg(arg or "ldm", OPTIONS)
     root = options.get("root", "runs/quickstart")
     micro = options.get("micro", "0") not in ("0", "", "false", "False")
     c = common.base_config()
@@ -124,7 +118,5 @@ def get_config(arg: str = "ldm"):
     c.vocoder.segment_frames = 32
     if stage == "vocoder":
         c.model.discriminator = ml_collections.ConfigDict(DISCRIMINATOR, type_safe=False)
-    from audioldm2_jax.models.audiomae import loa_token_count
-
     c.model.gpt2.max_new_tokens = loa_token_count(LOA_LAMBDA, (frames // 16, 128 // 16))
     return c

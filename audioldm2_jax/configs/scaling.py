@@ -10,7 +10,7 @@ every size trains on the same latents and conditions.
 ``get_config("<stage>[,key=value...]")``: the options of ``configs/audioldm2_base.py`` (``root``, default
 ``runs/audioldm2-base``, is where the shared VAE / AudioMAE / GPT-2 / vocoder exports are), and
 
-- ``preset``: a named size (:data:`configs.sizes.SCALING_PRESETS`: ``xs, s, m, base, l, xl``);
+- ``preset``: a named size (:data:`audioldm2_jax.configs.sizes.SCALING_PRESETS`: ``xs, s, m, base, l, xl``);
 - ``width``: multiplies ``block_out_channels`` (128, 256, 384, 640), rounded to multiples of 32; the 8 heads per
   level stay, so the head width scales with the channels;
 - ``depth``: multiplies ``layers_per_block`` (2): ResNet + Transformer2D units per block;
@@ -19,16 +19,17 @@ every size trains on the same latents and conditions.
   ``w<width>_d<depth>_t<transformer_layers>``): the joint stage starts its UNet from ``scaling_root/ldm``.
 
 ``width`` / ``depth`` / ``transformer_layers`` override the preset's values. Parameter counts and training FLOPs
-of the family: ``python bench/config_sizes.py`` (:func:`configs.sizes.size_rows`). Sizes past base need more
-memory than one accelerator may have: shard with ``--config.mesh.fsdp=N``.
+of the family: ``python bench/config_sizes.py`` (:func:`audioldm2_jax.configs.sizes.size_rows`). Sizes past base need
+more memory than one accelerator may have: shard with ``--config.mesh.fsdp=N``.
 """
 
 from __future__ import annotations
 
 import os
 
-from configs import audioldm2_base as base
-from configs import sizes
+from audioldm2_jax.configs import audioldm2_base as base
+from audioldm2_jax.configs import common
+from audioldm2_jax.configs import sizes
 
 SCALING_OPTIONS = ("preset", "width", "depth", "transformer_layers", "scaling_root")
 
@@ -53,7 +54,7 @@ def unet_from_options(options: dict[str, str]):
 
 
 def get_config(arg: str = "ldm"):
-    stage, options = base.parse(arg, base.OPTIONS + SCALING_OPTIONS)
+    stage, options = common.parse_arg(arg, base.OPTIONS + SCALING_OPTIONS)
     unet, tag = unet_from_options(options)
     models = sizes.published_models("base")
     models["unet"] = unet

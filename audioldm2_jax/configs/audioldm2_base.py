@@ -18,9 +18,9 @@ train in). Options:
   tokenizers (``--config.init.t5``, ``--config.init.clap``, ``--config.text.t5_tokenizer``,
   ``--config.text.clap_tokenizer`` set them one by one);
 - ``root`` (default ``runs/audioldm2-base``): where the earlier stages' workdirs are, ``root/<stage>``; a stage
-  reads the exports it needs from there (:data:`configs.common.STAGE_INPUTS`); ``--config.init.<component>=DIR``
-  points one component elsewhere (e.g. ``--config.init.vae=/ckpt/audioldm2`` to train the LDM on the published VAE,
-  ``--config.init.audiomae=/ckpt/audiomae.pth`` for the released AudioMAE);
+  reads the exports it needs from there (its class's ``reads_from``, :mod:`audioldm2_jax.train.stages`);
+  ``--config.init.<component>=DIR`` points one component elsewhere (e.g. ``--config.init.vae=/ckpt/audioldm2`` to
+  train the LDM on the published VAE, ``--config.init.audiomae=/ckpt/audiomae.pth`` for the released AudioMAE);
 - ``steps``, ``batch``, ``lr``: ``num_steps``, the global ``batch_size`` and the peak learning rate.
 
 Where the settings come from: the released AudioLDM 2 config (``audioldm2/utils.py:get_basic_config`` and
@@ -37,8 +37,8 @@ from __future__ import annotations
 
 import os
 
-from configs import common
-from configs import sizes
+from audioldm2_jax.configs import common
+from audioldm2_jax.configs import sizes
 
 VARIANT = "base"
 GPUS = 8  # the global batches below are the released per-GPU batches times this (assumed) GPU count
@@ -72,20 +72,6 @@ OPTIMIZER = {
 EMA = {"ldm": 0.9999, "joint": 0.9999}
 
 OPTIONS = ("data", "audio_root", "audio_template", "pretrained", "root", "steps", "batch", "lr")
-
-
-def parse(arg: str, allowed=OPTIONS) -> tuple[str, dict[str, str]]:
-    """``"<stage>[,key=value...]"`` -> ``(stage, {key: value})``; unknown stages and keys raise a ValueError."""
-    parts = [p.strip() for p in (arg or "").split(",") if p.strip()]
-    if not parts or parts[0] not in common.STAGE_ORDER:
-        raise ValueError(f"config arg {arg!r}: the first field must be a stage, one of {common.STAGE_ORDER}")
-    options = {}
-    for part in parts[1:]:
-        key, sep, value = part.partition("=")
-        if not sep or key not in allowed:
-            raise ValueError(f"config arg {arg!r}: {part!r} is not key=value with key one of {tuple(allowed)}")
-        options[key] = value
-    return parts[0], options
 
 
 def build(stage: str, options: dict[str, str], variant: str = VARIANT, models: dict | None = None,
@@ -150,5 +136,5 @@ def build(stage: str, options: dict[str, str], variant: str = VARIANT, models: d
 
 
 def get_config(arg: str = "ldm"):
-    stage, options = parse(arg)
+    stage, options = common.parse_arg(arg, OPTIONS)
     return build(stage, options)

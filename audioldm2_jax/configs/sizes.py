@@ -2,10 +2,10 @@
 sizes for scaling experiments, with parameter counts and training FLOPs computed without allocating or running a
 model.
 
-Published shapes are read from ``configs/published/audioldm2-base/*.json`` through the converters' own mappings
-(``UNetConfig.from_diffusers``, ``T5Config.from_transformers``, ...), so that a config file and a converted
+Published shapes are read from ``published/audioldm2-base/*.json`` (beside this file) through the converters' own
+mappings (``UNetConfig.from_diffusers``, ``T5Config.from_transformers``, ...), so that a config file and a converted
 checkpoint can never disagree about what "base" means. Variants are differences from base
-(``configs/published/README.md``):
+(``published/README.md``):
 
 - large: ``transformer_layers_per_block`` 2 and ``cross_attention_dim`` ``[[None, 768, 1024, None]] x 4`` (a fourth,
   self-attention-only Transformer2D after each ResNet); 718.0M UNet parameters against base's 346.9M;
@@ -33,6 +33,21 @@ import json
 import math
 from pathlib import Path
 from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from audioldm2_jax.convert.unet import unet_param_shapes as _unet_param_shapes
+from audioldm2_jax.models.audiomae import AudioMAEConfig
+from audioldm2_jax.models.clap import ClapConfig
+from audioldm2_jax.models.gpt2 import GPT2Config
+from audioldm2_jax.models.layers import use_attention
+from audioldm2_jax.models.projection import ProjectionConfig
+from audioldm2_jax.models.t5 import T5Config
+from audioldm2_jax.models.unet import AudioLDM2UNet, UNetConfig, context_dims
+from audioldm2_jax.models.vae import VAEConfig
+from audioldm2_jax.models.vocoder import VocoderConfig
+from audioldm2_jax.train import config as config_lib
 
 PUBLISHED_DIR = Path(__file__).resolve().parent / "published" / "audioldm2-base"
 VARIANTS = ("base", "large", "music")
@@ -79,15 +94,6 @@ def large_unet(base):
 def published_models(variant: str = "base", folder: str | Path | None = None) -> dict[str, Any]:
     """``{component: config dataclass}`` of a published variant: unet, vae, vocoder, audiomae, gpt2, t5, clap,
     projection."""
-    from audioldm2_jax.models.audiomae import AudioMAEConfig
-    from audioldm2_jax.models.clap import ClapConfig
-    from audioldm2_jax.models.gpt2 import GPT2Config
-    from audioldm2_jax.models.projection import ProjectionConfig
-    from audioldm2_jax.models.t5 import T5Config
-    from audioldm2_jax.models.unet import UNetConfig
-    from audioldm2_jax.models.vae import VAEConfig
-    from audioldm2_jax.models.vocoder import VocoderConfig
-
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r} is not one of {VARIANTS} (speech has its own config file)")
     clap = read_published("text_encoder.json", folder)
@@ -113,8 +119,6 @@ def published_models(variant: str = "base", folder: str | Path | None = None) ->
 
 def set_models(c, models: Mapping[str, Any]) -> None:
     """Writes ``{component: dataclass}`` into ``c.model``."""
-    from audioldm2_jax.train import config as config_lib
-
     for name, instance in models.items():
         config_lib.set_model_config(c, name, instance)
 
@@ -131,8 +135,6 @@ def _multiple(value: float, step: int) -> int:
 def scaled_unet(width: float = 1.0, depth: float = 1.0, transformer_layers: int | None = None, base=None):
     """The base UNet (or ``base``) with ``width`` x the channels and ``depth`` x the ResNet / Transformer2D units
     per block; ``transformer_layers`` (default: unchanged) transformer blocks in each Transformer2D."""
-    from audioldm2_jax.models.unet import UNetConfig
-
     base = base or UNetConfig.from_diffusers(read_published("unet.json"))
     for key, value in (("width", width), ("depth", depth)):
         if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
@@ -189,15 +191,11 @@ def unet_to_diffusers(config) -> dict:
 def unet_param_shapes(config):
     """The UNet's parameter tree as ``jax.ShapeDtypeStruct`` leaves (``jax.eval_shape`` of its init; cached: tracing
     a full-size init takes seconds)."""
-    from audioldm2_jax.convert.unet import unet_param_shapes as shapes
-
-    return shapes(config)
+    return _unet_param_shapes(config)
 
 
 def unet_param_count(config) -> int:
     """Parameters of the UNet ``config``."""
-    import jax
-
     return int(sum(math.prod(x.shape) for x in jax.tree.leaves(unet_param_shapes(config))))
 
 
@@ -206,11 +204,6 @@ def unet_abstract_inputs(config, batch: int = 1, frames: int = CLIP_FRAMES, loa_
     """``jax.ShapeDtypeStruct`` inputs of one denoising step: ``sample [B, frames/4, 16, C]``, ``timesteps [B]``,
     ``context [B, loa_tokens, D0]`` (LOA), ``context_1 [B, t5_tokens, D1]`` and its mask (T5; absent for a
     single-stream UNet)."""
-    import jax
-    import jax.numpy as jnp
-
-    from audioldm2_jax.models.unet import context_dims
-
     dtype = dtype or jnp.float32
     if frames % 4:
         raise ValueError(f"frames={frames} must be a multiple of 4 (the VAE halves time twice)")
@@ -228,8 +221,6 @@ def unet_abstract_inputs(config, batch: int = 1, frames: int = CLIP_FRAMES, loa_
 def unet_loss_fn(model):
     """``loss(params, inputs, target)``: the MSE of the UNet's prediction against ``target`` (the denoising loss
     of one sampled timestep; the schedule's arithmetic is negligible next to the UNet)."""
-    import jax.numpy as jnp
-
     def loss(params, inputs, target):
         pred = model.apply({"params": params}, inputs["sample"], inputs["timesteps"], inputs["context"], None,
                            inputs.get("context_1"), inputs.get("context_1_mask"))
@@ -245,18 +236,13 @@ def unet_train_flops(config, frames: int = CLIP_FRAMES, loa_tokens: int = LOA_TO
     ``frames`` mel frames, from XLA's cost analysis of the lowered step (batch 1, float32; nothing is compiled or
     executed). Counts every HLO op (matmuls and convolutions, and the element-wise work of norms, activations and
     softmax); the optimizer update is not included."""
-    import jax
-
-    from audioldm2_jax.models.layers import xla_attention
-    from audioldm2_jax.models.unet import AudioLDM2UNet
-
     model = AudioLDM2UNet(config)
     params = unet_param_shapes(config)
     inputs = unet_abstract_inputs(config, 1, frames, loa_tokens, t5_tokens)
     target = inputs["sample"]
     loss = unet_loss_fn(model)
     fn = jax.value_and_grad(loss) if backward else loss
-    with xla_attention():  # the batched attention everywhere: the per-head loop of CPUs would be counted once
+    with use_attention("xla"):  # the batched attention everywhere: the per-head loop of CPUs would be counted once
         analysis = jax.jit(fn).lower(params, inputs, target).cost_analysis()
     if isinstance(analysis, (list, tuple)):
         analysis = analysis[0]

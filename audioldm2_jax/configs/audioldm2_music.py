@@ -12,14 +12,15 @@ base's, point ``root`` at the base runs for those stages or set ``--config.init.
 
 from __future__ import annotations
 
-from configs import audioldm2_base as base
+from audioldm2_jax.configs import audioldm2_base as base
+from audioldm2_jax.configs import common
 
 VARIANT = "music"
 AUDIO_TEMPLATE = "{ytid}.wav"  # MusicCaps rows name the YouTube clip, not a file
 
 
 def get_config(arg: str = "ldm"):
-    stage, options = base.parse(arg)
+    stage, options = common.parse_arg(arg, base.OPTIONS)
     c = base.build(stage, options, variant=VARIANT, audio_template=AUDIO_TEMPLATE)
     c.data.random_crop = True  # tracks are longer than a clip: a new 10.24 s window each epoch
     return c

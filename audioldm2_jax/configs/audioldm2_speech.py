@@ -9,7 +9,7 @@
 ``get_config("<stage>[,key=value...]")``, stage one of vae, vocoder, audiomae, ldm, gpt2, joint. Options:
 
 - ``root=DIR`` (default ``runs/speech``): later stages read earlier stages' exports under ``DIR/<stage>/export``
-  (``configs.common.STAGE_INPUTS``: the LDM reads the VAE and AudioMAE, GPT-2 the AudioMAE, joint the LDM's UNet
+  (the stage classes' ``reads_from``: the LDM reads the VAE and AudioMAE, GPT-2 the AudioMAE, joint the LDM's UNet
   and VAE and GPT-2's projection and GPT-2);
 - ``pretrained=DIR``: a diffusers-layout speech checkpoint (e.g. a local copy of cvssp/audioldm2-gigaspeech) whose
   frozen text encoders are used: CLAP's text tower (``text_encoder/``, tokenizer ``tokenizer/``) and the VITS
@@ -34,7 +34,7 @@ Speech corpora have transcriptions but rarely captions: ``text.default_caption``
 without one (prompt with the same words at inference).
 """
 
-from configs import common
+from audioldm2_jax.configs import common
 
 # Corpus presets. The paths are placeholders: point `path` at your copy.
 DATA = {
@@ -63,12 +63,7 @@ LEARNING_RATE = {"vae": 8e-6, "vocoder": 2e-4, "audiomae": 2e-4, "ldm": 1e-4, "g
 
 PHONEME_LENGTH = 310  # the original speech config's PhonemeEncoder pad_length: the position table's length
 LOA_TOKENS = 512  # 64 x 8 AudioMAE patches, pooling lambda 1
-
-
-def _parse(arg: str) -> tuple[str, dict]:
-    parts = [p for p in (arg or "ldm").split(",") if p]
-    options = dict(p.split("=", 1) for p in parts[1:])
-    return parts[0], options
+OPTIONS = ("root", "pretrained", "data", "path")
 
 
 def speech_models(c) -> None:
@@ -86,12 +81,7 @@ def speech_models(c) -> None:
 
 
 def get_config(arg: str = "ldm"):
-    stage, options = _parse(arg)
-    if stage not in STEPS:
-        raise ValueError(f"audioldm2_speech: unknown stage {stage!r}; expected one of {tuple(STEPS)}")
-    unknown = sorted(set(options) - {"root", "pretrained", "data", "path"})
-    if unknown:
-        raise ValueError(f"audioldm2_speech: unknown option(s) {unknown}; known: root, pretrained, data, path")
+    stage, options = common.parse_arg(arg or "ldm", OPTIONS)
     root = options.get("root", "runs/speech")
     c = common.base_config()
     c.stage = stage
@@ -112,8 +102,7 @@ def get_config(arg: str = "ldm"):
     c.data.compute_fbank = stage in ("audiomae", "ldm", "gpt2", "joint")
 
     # Earlier stages' exports, and the published frozen text encoders.
-    for component, producer in {**common.STAGE_INPUTS[stage], **common.STAGE_PASSENGERS.get(stage, {})}.items():
-        c.init[component] = f"{root}/{producer}/export"
+    common.link_stages(c, stage, root)
     pretrained = options.get("pretrained", "")
     if pretrained and stage in ("gpt2", "joint"):
         c.init.clap = pretrained  # text_encoder/ and tokenizer/ of the pipeline folder

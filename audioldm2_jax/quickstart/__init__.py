@@ -1,0 +1,35 @@
+"""The quickstart, end to end: every training stage at tiny size on the procedural dataset, then sampling from the
+result and a report of how well the audio follows its prompts.
+
+    python -m audioldm2_jax.quickstart [--root runs/quickstart] [--prompts 48] [--steps-scale 1.0]
+
+What it does, in order (``audioldm2_jax/configs/quickstart.py`` holds every size, step count and sampler
+setting; one module per step):
+
+1. ``root/text`` (:mod:`.text`): the shared text pieces, built once: a CLAP tokenizer (RoBERTa BPE,
+   ``tokenizer/``) and a T5 tokenizer (SentencePiece, ``tokenizer_2/``) trained on captions of the quickstart
+   grammar, and the frozen, randomly initialised T5 and CLAP text encoders (``t5/``, ``clap/`` component folders).
+   Random frozen encoders still map different captions to different features; the trained networks learn to read
+   them.
+2. ``root/<stage>`` (:mod:`.stages`) for the stages of :data:`audioldm2_jax.train.stages.STAGE_ORDER`, each trained
+   by the trainer in a child process of its own (one device; its log in ``root/<stage>/quickstart_stage.log``), two
+   at a time where the stages' inputs allow (:func:`train_stages`): a stage whose export is complete (every
+   component at the configured step) is skipped, and an interrupted one resumes from its latest checkpoint (the
+   trainer does that by itself; Ctrl-C or SIGTERM makes it save first).
+3. ``root/samples`` (:mod:`.sampling`): ``--prompts`` captions drawn from the quickstart grammar (fixed seed),
+   sampled from the joint stage's export with :class:`audioldm2_jax.pipeline.AudioLDM2Pipeline` (one WAV,
+   spectrogram PNG and JSON per clip, as ``sample.py`` writes them).
+4. ``root/report.json`` / ``root/report.md`` (:mod:`.report`; the scores of :mod:`audioldm2_jax.eval.prompts`; also
+   printed): prompt following measured on the WAV files with the procedural dataset's checks (pitch class: chance
+   1/12; instrument family; onset rate) and, apart, the pitch class read from the spectrogram the diffusion model
+   generated (before the vocoder); the same checks on the prompts' true clips passed through the trained vocoder
+   (and VAE), which bound what the chain can reach, wall and CPU time per step of the job, and
+   ``root/loss_<stage>.png`` loss curves from each stage's ``metrics.jsonl``.
+
+``--micro`` runs the same job at the smallest sizes with a few steps (the test suite's end-to-end check).
+"""
+
+from audioldm2_jax.quickstart.job import cli, main, run
+from audioldm2_jax.quickstart.stages import expected_exports, export_complete, stage_config, train_stages
+
+__all__ = ["cli", "expected_exports", "export_complete", "main", "run", "stage_config", "train_stages"]

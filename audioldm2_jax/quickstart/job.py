@@ -1,0 +1,142 @@
+"""The quickstart job: the four steps in order, timed, and its command line (``python -m audioldm2_jax.quickstart``,
+the ``audioldm2-quickstart`` command)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from audioldm2_jax.configs import quickstart as qs
+from audioldm2_jax.eval.prompts import reference_scores, score_samples
+from audioldm2_jax.pipeline import AudioLDM2Pipeline
+from audioldm2_jax.quickstart.report import plot_losses, write_report
+from audioldm2_jax.quickstart.sampling import draw_prompts, sample_prompts
+from audioldm2_jax.quickstart.stages import stage_main, stage_config, train_stages
+from audioldm2_jax.quickstart.text import build_text
+from audioldm2_jax.train.loop import setup_runtime
+from audioldm2_jax.train.stages import STAGE_ORDER
+
+
+class _Clock:
+    """Wall and process CPU time of each named phase."""
+
+    def __init__(self):
+        self.timings: dict[str, dict] = {}
+
+    def phase(self, name: str):
+        @contextlib.contextmanager
+        def timed():
+            wall, cpu = time.perf_counter(), time.process_time()
+            entry = self.timings.setdefault(name, {"wall_s": 0.0, "cpu_s": 0.0})
+            try:
+                yield entry
+            finally:
+                entry["wall_s"] += time.perf_counter() - wall
+                entry["cpu_s"] += time.process_time() - cpu
+
+        return timed()
+
+
+def _load_average() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg()) + f" on {os.cpu_count()} cores"
+    except OSError:
+        return "unknown"
+
+
+def run(root: str | os.PathLike = "runs/quickstart", num_prompts: int = 48, steps_scale: float = 1.0,
+        micro: bool = False, jobs: int = 2, progress: bool = True) -> dict:
+    """The whole job (see the module docstring); returns the report."""
+    started = time.perf_counter()
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    clock = _Clock()
+    say = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
+    first = stage_config(STAGE_ORDER[0], root, steps_scale, micro)
+    first.xla_cpu_fast_compile = micro  # this process compiles the sampler (see audioldm2_jax/configs/quickstart.py)
+    setup_runtime(first)  # compile flags and PRNG before JAX starts
+
+    with clock.phase("text") as entry:
+        built = build_text(root, first)
+        entry["status"] = ("built " + ", ".join(built)) if built else "kept"
+    say(f"[quickstart] text encoders and tokenizers in {root / 'text'} ({clock.timings['text']['status']})")
+
+    with clock.phase("stages") as entry:
+        stage_timings = train_stages(root, steps_scale, micro, jobs, progress, say)
+        entry["status"] = f"all {len(stage_timings)} stages, up to {jobs} at once (wall; CPU of the children below)"
+    clock.timings.update(stage_timings)
+
+    sampling = dict(qs.sampling_settings(micro))
+    prompts = draw_prompts(num_prompts, qs.PROMPT_SEED, sampling["audio_length_in_s"])
+    (root / "prompts.txt").write_text("".join(f"{p['caption']}|{p['name']}\n" for p in prompts))
+    export = root / STAGE_ORDER[-1] / "export"
+    samples = root / "samples"
+    if samples.is_dir():  # the clips of an earlier run (other prompts, other weights) would mix with these
+        shutil.rmtree(samples)
+    say(f"[quickstart] sampling {num_prompts} prompts from {export} -> {samples}")
+    with clock.phase("sample") as entry:
+        pipe = AudioLDM2Pipeline.from_pretrained(export)
+        totals = sample_prompts(pipe, prompts, samples, sampling, progress)
+        entry["status"] = (f"{totals['clips']} clips, compile {totals['compile_s']:.0f} s, "
+                           f"run {totals['wall_s']:.0f} s")
+    with clock.phase("score") as entry:
+        scores = score_samples(samples, prompts)
+        references = reference_scores(pipe, prompts)
+        plots = []
+        for stage in STAGE_ORDER:
+            path = root / f"loss_{stage}.png"
+            if plot_losses(root / stage, stage, path):
+                plots.append(path.name)
+        entry["status"] = "procedural checks, loss plots"
+    total = time.perf_counter() - started
+    report = {"root": str(root), "export": str(export), "prompts": num_prompts, "prompt_seed": qs.PROMPT_SEED,
+              "grammar": {k: list(v) for k, v in qs.GRAMMAR.items()}, "sampling": sampling, "micro": micro,
+              "steps_scale": steps_scale, "jobs": jobs, "summary": scores["summary"], "references": references,
+              "clips": scores["clips"],
+              "timings": clock.timings, "total_wall_s": total, "load": _load_average(), "loss_plots": plots}
+    text = write_report(root, report)
+    say(text)
+    say(f"[quickstart] outputs: {root}/report.md, {root}/report.json, {samples}/ (WAV + PNG + JSON per clip), "
+        f"{root}/loss_<stage>.png; the model: {export}")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Runs the job (or, with ``--stage-only``, one stage's child process); returns the report."""
+    doc = sys.modules[__package__].__doc__  # the package's docstring describes the job
+    parser = argparse.ArgumentParser(prog="python -m audioldm2_jax.quickstart", description=doc.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
+    parser.add_argument("--root", default="runs/quickstart", help="where everything goes")
+    parser.add_argument("--prompts", type=int, default=48, help="prompts to sample and score")
+    parser.add_argument("--steps-scale", type=float, default=1.0, help="multiplies every stage's step count")
+    parser.add_argument("--micro", action="store_true", help="smallest models, a few steps (the tests)")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="stages trained at once (each in its own process), when their inputs allow")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--stage-only", default=None, help=argparse.SUPPRESS)  # the child process of one stage
+    args = parser.parse_args(argv)
+    if args.stage_only:
+        return stage_main(args.stage_only, args.root, args.steps_scale, args.micro)
+    if args.prompts < 1:
+        parser.error(f"--prompts={args.prompts} must be >= 1")
+    if args.steps_scale <= 0:
+        parser.error(f"--steps-scale={args.steps_scale} must be > 0")
+    if args.jobs < 1:
+        parser.error(f"--jobs={args.jobs} must be >= 1")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("absl", "jax._src", "orbax", "grain"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    return run(args.root, args.prompts, args.steps_scale, args.micro, args.jobs, progress=not args.no_progress)
+
+
+def cli() -> None:
+    """The ``audioldm2-quickstart`` command (``main`` without its return value, which a console script would print
+    as an error)."""
+    main()
