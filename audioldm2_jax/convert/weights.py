@@ -122,10 +122,9 @@ _TORCH_DTYPES = {
 
 
 def _load_torch_pickle(path: Path) -> StateDict:
-    """Reads torch's zip serialisation (torch >= 1.6) into NumPy without importing torch."""
+    """Reads torch's zip serialisation (torch >= 1.6), or its legacy one, into NumPy without importing torch."""
     if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path} is not a torch zip checkpoint (legacy pickles are not supported; re-save it "
-                              "with torch.save or as safetensors)")
+        return _load_legacy_torch_pickle(path)
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
         pkl = next((n for n in names if n.endswith("data.pkl")), None)
@@ -188,6 +187,85 @@ def _rebuild_tensor(data, offset, size, stride, *_):
     itemsize = data.dtype.itemsize
     arr = np.lib.stride_tricks.as_strided(data[offset:], shape=size, strides=tuple(s * itemsize for s in stride))
     return _to_float32(np.array(arr))
+
+
+# torch.save's format before torch 1.6 (still written with ``_use_new_zipfile_serialization=False``), the format of
+# checkpoints published before mid-2020 (torchvggish's ``vggish-10086976.pth`` is from 2019): consecutive pickles
+# of a magic number, the protocol version and the system info, then the object (storages as persistent ids), then
+# the list of storage keys; then, in that order, each storage's bytes: an int64 element count and the elements
+# (little-endian).
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+class _LegacyStorage:
+    """A storage of the legacy format: its bytes come after the object's pickle, so tensors on it are rebuilt only
+    once every storage is read."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.data = None
+
+
+class _LegacyTensor:
+    def __init__(self, storage: _LegacyStorage, args: tuple):
+        self.storage, self.args = storage, args
+
+
+def _load_legacy_torch_pickle(path: Path):
+    """Reads torch's legacy (non-zip) serialisation into NumPy without importing torch."""
+    storages: dict[str, _LegacyStorage] = {}
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            if module == "torch._utils" and name == "_rebuild_tensor_v2":
+                return lambda storage, *args: _LegacyTensor(storage, args)
+            if module == "torch._utils" and name == "_rebuild_parameter":
+                return lambda data, requires_grad, hooks: data
+            if module == "torch" and name in _TORCH_DTYPES and name != "BFloat16Storage":
+                return _TORCH_DTYPES[name]
+            if (module, name) == ("collections", "OrderedDict") or (module == "builtins" and name in (
+                    "set", "frozenset", "dict", "list", "tuple", "slice")):
+                return super().find_class(module, name)
+            return lambda *a, **k: _Opaque(module, name)  # training state, source records: not tensors
+
+        def persistent_load(self, pid):
+            if pid[0] != "storage":
+                return _Opaque("torch", str(pid[0]))
+            _, dtype, key, _location, _numel, view = pid
+            if view is not None or isinstance(dtype, str):
+                raise CheckpointError(f"{path}: storage views and bfloat16 storages of the legacy torch format are not "
+                                      "supported; re-save the checkpoint with a current torch.save")
+            return storages.setdefault(key, _LegacyStorage(dtype))
+
+    with open(path, "rb") as f:
+        try:
+            magic = pickle.load(f)
+        except Exception:  # any bytes: not a pickle at all
+            magic = None
+        if magic != _LEGACY_MAGIC:
+            raise CheckpointError(f"{path} is not a torch checkpoint (neither torch.save's zip format nor its legacy "
+                                  "format)")
+        pickle.load(f), pickle.load(f)  # protocol version, system info
+        obj = Unpickler(f).load()
+        for key in pickle.load(f):
+            storage = storages[key]
+            count = int(np.frombuffer(f.read(8), "<i8")[0])
+            raw = f.read(count * np.dtype(storage.dtype).itemsize)
+            storage.data = np.frombuffer(raw, storage.dtype)
+            if storage.data.shape[0] != count:
+                raise CheckpointError(f"{path}: truncated (storage {key} has {storage.data.shape[0]} of {count} "
+                                      "elements)")
+
+    def rebuild(value):
+        if isinstance(value, _LegacyTensor):
+            return _rebuild_tensor(value.storage.data, *value.args)
+        if isinstance(value, dict):
+            return {k: rebuild(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(rebuild(v) for v in value)
+        return value
+
+    return rebuild(obj)
 
 
 # ----------------------------------------------------------------------------------------------------------------
