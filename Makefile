@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The suite's processes (pytest workers and the programs tests start) share one persistent compilation cache for the
+# run: the same micro models compile in many tests. It starts empty every run, so no result outlives it.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 $(PYTEST_ARGS)
+	cache=$$(mktemp -d) && JAX_COMPILATION_CACHE_DIR=$$cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=1 \
+	  $(PY) -m pytest -q -n 2 --dist loadfile --durations=15 $(PYTEST_ARGS); status=$$?; rm -rf $$cache; exit $$status
 
 # The main job on a fresh machine: the training quickstart (audioldm2_jax/quickstart/). Shared tokenizers
 # and frozen text encoders, the six training stages at tiny size on the built-in procedural dataset (two at a time),

@@ -31,7 +31,7 @@ def micro():
 
 
 def _random(name, config, seed=0):
-    return jax.device_get(nn.unbox(components.init_fn(name, config)(jax.random.key(seed))))
+    return jax.device_get(nn.unbox(jax.jit(components.init_fn(name, config))(jax.random.key(seed))))
 
 
 @pytest.mark.parametrize("name", list(components.COMPONENTS))

@@ -24,6 +24,7 @@ give another key, so a cache entry is never stale (``audioldm_eval`` keys its ca
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -179,8 +180,16 @@ def load_extractor(name: str, path: str | os.PathLike | None) -> Extractor:
         where = "no path given" if path is None else f"{path} does not exist"
         raise CheckpointError(f"{name} weights: {where}; download {filename} from {url} and pass its path "
                               f"(--{name} PATH)")
+    stat = os.stat(path)
+    return _load_extractor(name, os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_extractor(name: str, path: str, size: int, mtime_ns: int) -> Extractor:
+    # Keyed by size and modification time too, so a replaced file is read again; repeated evaluations (a trainer's,
+    # a notebook's) do not re-read and re-hash 300 MB of PANNs weights.
     params = load_vggish(path) if name == "vggish" else load_panns(path)
-    return Extractor(name, jax.device_put(params), os.fspath(path), file_sha256(path))
+    return Extractor(name, jax.device_put(params), path, file_sha256(path))
 
 
 # ----------------------------------------------------------------------------------------------------------------

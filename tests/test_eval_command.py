@@ -1,0 +1,262 @@
+"""The evaluation command (``python -m audioldm2_jax.eval`` / :func:`audioldm2_jax.eval.run.evaluate`) on a tiny
+corpus of procedural clips, with random-weight VGGish and PANNs saved as the published ``.pth`` files would be.
+
+What is checked: every metric is in the results; FD and FAD equal :func:`metrics.frechet_distance` on features
+computed directly with the model functions from the WAV samples (so the chain of reading, batching, grouping and
+caching adds nothing); identical sets score FD = FAD = 0 and KL = 0 (up to the references' 1e-6 inside the log);
+the reference cache is reused (the second run extracts only the generated set) and invalidated by an edited file;
+an unreadable file is skipped and named; missing weights, an empty folder and mismatched KL pairs are clear errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import soundfile
+
+torch = pytest.importorskip("torch")
+
+import pipeline_fixtures as pf  # noqa: E402
+
+from audioldm2_jax.audio.clap_features import resample_for_clap  # noqa: E402
+from audioldm2_jax.audio.io import write_wav  # noqa: E402
+from audioldm2_jax.convert import panns as panns_convert  # noqa: E402
+from audioldm2_jax.convert import vggish as vggish_convert  # noqa: E402
+from audioldm2_jax.convert.weights import CheckpointError  # noqa: E402
+from audioldm2_jax.data.procedural import ProceduralSource  # noqa: E402
+from audioldm2_jax.eval import metrics  # noqa: E402
+from audioldm2_jax.eval import run  # noqa: E402
+from audioldm2_jax.eval.__main__ import main  # noqa: E402
+from audioldm2_jax.models.panns import Cnn14, dummy_waveform, panns_outputs  # noqa: E402
+from audioldm2_jax.models.vggish import VGGish, vggish_dummy_inputs, vggish_embeddings  # noqa: E402
+
+CLIPS = 4
+SECONDS = 2.0  # 32000 samples: audioldm_eval's minimum, so nothing is padded
+SPLITS = 2  # IS splits (10 need at least 10 clips)
+
+
+def _save_pth(state: dict, path) -> str:
+    torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, path)
+    return str(path)
+
+
+def _random_params(module, inputs, seed):
+    """He-normal kernels, small random biases and BatchNorm affines, unit running statistics (``bn0``: statistics
+    of dB log-mels, so the network sees inputs of unit scale), drawn in NumPy: initialising the 80 M-parameter CNN14
+    through Flax would trace its whole forward pass."""
+    rng = np.random.default_rng(seed)
+    shapes = nn.meta.unbox(jax.eval_shape(module.init, jax.random.key(0), *inputs)["params"])
+
+    def draw(path, leaf):
+        name, shape = path[-1].key, leaf.shape
+        if name == "kernel":
+            return (rng.standard_normal(shape) * np.sqrt(2.0 / np.prod(shape[:-1]))).astype(np.float32)
+        if name == "running_mean":
+            return np.full(shape, -40.0 if path[0].key == "bn0" else 0.0, np.float32)
+        if name == "running_var":
+            return np.full(shape, 400.0 if path[0].key == "bn0" else 1.0, np.float32)
+        if name == "scale":
+            return (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+        return (0.05 * rng.standard_normal(shape)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """``generated/`` and ``reference/``: 4 procedural 2 s clips each under the same names (different clips), and
+    the two random-weight ``.pth`` files."""
+    root = tmp_path_factory.mktemp("eval")
+    source = ProceduralSource(num_clips=2 * CLIPS, seed=3, duration=SECONDS)
+    for folder, offset in (("generated", 0), ("reference", CLIPS)):
+        (root / folder).mkdir()
+        for i in range(CLIPS):
+            write_wav(root / folder / f"clip{i}.wav", source[offset + i]["waveform"], 16000)
+    vggish = _random_params(VGGish(), vggish_dummy_inputs(), seed=0)
+    panns = _random_params(Cnn14(), (dummy_waveform(),), seed=1)
+    vggish_path = _save_pth(vggish_convert.to_torch(vggish), root / "vggish-random.pth")
+    panns_state = panns_convert.to_torch(panns)
+    torch.save({"iteration": 0, "model": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in
+                                         panns_state.items()}}, root / "cnn14-random.pth")
+    return {"root": root, "gen": root / "generated", "ref": root / "reference", "vggish": vggish_path,
+            "panns": str(root / "cnn14-random.pth"), "vggish_params": vggish, "panns_params": panns}
+
+
+def _direct_features(folder, c):
+    """The features straight from the model functions: samples read with soundfile, first channel, mean
+    subtracted (as audioldm_eval), one batch of all clips."""
+    waves = []
+    for i in range(CLIPS):
+        w, rate = soundfile.read(folder / f"clip{i}.wav", dtype="float32")
+        assert rate == 16000 and w.shape == (int(SECONDS * 16000),)
+        waves.append(w - w.mean())
+    x = jnp.asarray(np.stack(waves))
+    frames = np.asarray(jax.jit(vggish_embeddings)(c["vggish_params"], x)).reshape(-1, 128)
+    out = panns_outputs(c["panns_params"], x)
+    return frames, np.asarray(out["embedding"]), np.asarray(out["logits"])
+
+
+def _evaluate(c, gen=None, ref=None, **kw):
+    kw.setdefault("metrics", ("fad", "fd", "kl", "is"))
+    kw.setdefault("cache_dir", None)
+    return run.evaluate(gen or c["gen"], ref or c["ref"], vggish=c["vggish"], panns=c["panns"], progress=False,
+                        is_splits=SPLITS, batch_size=CLIPS, **kw)
+
+
+@pytest.fixture(scope="module")
+def cli_run(corpus):
+    """``main([...])`` on the corpus with a module-wide cache: ``(exit code, printed table, JSON results)``."""
+    out = corpus["root"] / "scores.json"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["--generated", str(corpus["gen"]), "--reference", str(corpus["ref"]), "--vggish",
+                     corpus["vggish"], "--panns", corpus["panns"], "--metrics", "fad,fd,kl,is", "--json", str(out),
+                     "--cache", str(corpus["root"] / "cache"), "--is-splits", str(SPLITS), "--batch-size",
+                     str(CLIPS), "--no-progress"])
+    return code, printed.getvalue(), json.loads(out.read_text()) if code == 0 else None
+
+
+def test_cli_results_equal_metrics_on_direct_features(corpus, cli_run):
+    """``main([...])`` writes every metric; FAD / FD / KL / IS equal the metric functions on the models' features
+    computed directly (tolerance 1e-5 relative: float32 features through another code path)."""
+    code, printed, result = cli_run
+    assert code == 0
+    assert "FAD (VGGish)" in printed and "KL softmax" in printed and "soxr" in printed
+    assert set(result["metrics"]) == {"fad", "fd", "kl", "is"}
+    assert result["clips"]["generated"] == {"found": CLIPS, "used": CLIPS, "skipped": 0, "skipped_files": []}
+    assert result["models"]["panns"]["sha256"] == run.file_sha256(corpus["panns"])[:16]
+    assert "soxr" in result["settings"]["resampling"]
+
+    g_frames, g_emb, g_logits = _direct_features(corpus["gen"], corpus)
+    r_frames, r_emb, r_logits = _direct_features(corpus["ref"], corpus)
+    fad = metrics.frechet_distance(g_frames, r_frames).value
+    fd = metrics.frechet_distance(g_emb, r_emb).value
+    names = [f"clip{i}.wav" for i in range(CLIPS)]
+    kl = metrics.kl_divergence(g_logits, r_logits, names, names)
+    isc = metrics.inception_score(g_logits, splits=SPLITS)
+    m = result["metrics"]
+    assert m["fad"]["frames_generated"] == len(g_frames) == 2 * CLIPS  # 2 s: two 0.96 s examples per clip
+    np.testing.assert_allclose(m["fad"]["value"], fad, rtol=1e-5)
+    np.testing.assert_allclose(m["fd"]["value"], fd, rtol=1e-5)
+    np.testing.assert_allclose([m["kl"]["softmax"], m["kl"]["sigmoid"]], [kl.softmax, kl.sigmoid], rtol=1e-5)
+    np.testing.assert_allclose([m["is"]["mean"], m["is"]["std"]], [isc.mean, isc.std], rtol=1e-5, atol=1e-7)
+    assert fad > 0 and fd > 0
+
+
+@pytest.mark.filterwarnings("ignore:Frechet distance. sqrtm gives:RuntimeWarning")  # the sqrtm rounding below
+def test_identical_sets_score_zero(corpus, cli_run):
+    """The reference set against itself: FD and FAD (eigenvalue cross-check) below 1e-6 of the generated-vs-
+    reference values; sqrtm's value below 1e-5 of them (6 clips in 2048 dimensions: a rank-5 covariance, whose
+    ~2043 zero eigenvalues each leave sqrtm a rounding of ~sqrt(machine eps), as the metrics module documents);
+    KL 0 up to the 1e-6 the references add inside the generated log (each class contributes about -1e-6)."""
+    apart = cli_run[2]["metrics"]
+    same = _evaluate(corpus, gen=corpus["ref"], cache_dir=corpus["root"] / "cache")["metrics"]
+    for name in ("fad", "fd"):
+        assert abs(same[name]["value_eig"]) < 1e-6 * apart[name]["value"], name
+        assert abs(same[name]["value"]) < 1e-5 * apart[name]["value"], name
+    assert abs(same["kl"]["softmax"]) <= 527 * 1e-6 and abs(same["kl"]["sigmoid"]) <= 527 * 1e-6
+
+
+def test_reference_cache_is_reused_and_invalidated(corpus, tmp_path, monkeypatch):
+    """Second run: the reference clips are neither decoded nor extracted; an edited reference file is recomputed
+    (and the result equals an uncached run on the edited set)."""
+    ref = tmp_path / "reference"
+    shutil.copytree(corpus["ref"], ref)
+    cache = tmp_path / "cache"
+    extracted = []
+    real = run._batched
+    monkeypatch.setattr(run, "_batched", lambda fn, waves, *a: extracted.append(len(waves)) or real(fn, waves, *a))
+
+    first = _evaluate(corpus, ref=ref, metrics=("fad",), cache_dir=cache)
+    assert extracted == [CLIPS, CLIPS]  # generated, reference
+    extracted.clear()
+    second = _evaluate(corpus, ref=ref, metrics=("fad",), cache_dir=cache)
+    assert extracted == [CLIPS]  # generated only
+    assert second["metrics"]["fad"]["value"] == first["metrics"]["fad"]["value"]
+
+    wave, _ = soundfile.read(ref / "clip2.wav", dtype="float32")
+    write_wav(ref / "clip2.wav", 0.5 * wave[::-1], 16000)
+    extracted.clear()
+    third = _evaluate(corpus, ref=ref, metrics=("fad",), cache_dir=cache)
+    assert extracted == [CLIPS, 1]  # only the edited clip
+    uncached = _evaluate(corpus, ref=ref, metrics=("fad",), cache_dir=None)
+    assert third["metrics"]["fad"]["value"] != second["metrics"]["fad"]["value"]
+    np.testing.assert_allclose(third["metrics"]["fad"]["value"], uncached["metrics"]["fad"]["value"], rtol=1e-6)
+
+
+def test_unreadable_clip_is_skipped_and_named(corpus, tmp_path, capsys):
+    """A file that does not decode is skipped, counted and named in the JSON and in the printed table."""
+    gen = tmp_path / "generated"
+    shutil.copytree(corpus["gen"], gen)
+    (gen / "broken.wav").write_bytes(b"not a RIFF file at all")
+    code = main(["--generated", str(gen), "--reference", str(corpus["ref"]), "--vggish", corpus["vggish"],
+                 "--metrics", "fad", "--cache", "none", "--no-progress", "--json", str(tmp_path / "r.json")])
+    assert code == 0
+    assert "broken.wav" in capsys.readouterr().out
+    counts = json.loads((tmp_path / "r.json").read_text())["clips"]["generated"]
+    assert counts["found"] == CLIPS + 1 and counts["used"] == CLIPS and counts["skipped"] == 1
+    assert counts["skipped_files"][0]["file"] == "broken.wav"
+
+
+def test_clear_errors(corpus, tmp_path, capsys):
+    """Missing weights name the file to download; an empty folder, mismatched KL names and an unknown metric are
+    ValueErrors; the command exits with 2 and the message."""
+    with pytest.raises(CheckpointError, match="Cnn14_16k_mAP=0.438.pth"):
+        run.evaluate(corpus["gen"], corpus["ref"], ("fd",), panns=tmp_path / "missing.pth", progress=False)
+    with pytest.raises(CheckpointError, match="vggish-10086976.pth"):
+        run.evaluate(corpus["gen"], corpus["ref"], ("fad",), progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no audio files"):
+        _evaluate(corpus, gen=tmp_path / "empty", metrics=("fad",))
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    for i in range(CLIPS):
+        shutil.copy(corpus["gen"] / f"clip{i}.wav", renamed / f"other{i}.wav")
+    with pytest.raises(ValueError, match="paired by file name"):
+        _evaluate(corpus, gen=renamed, metrics=("kl",))
+    with pytest.raises(ValueError, match="unknown metrics"):
+        _evaluate(corpus, metrics=("fid",))
+    assert main(["--generated", str(corpus["gen"]), "--reference", str(corpus["ref"]), "--metrics", "fad"]) == 2
+    assert "vggish-10086976.pth" in capsys.readouterr().err
+
+
+def test_clap_score_from_a_pipeline_folder(tmp_path):
+    """``--clap`` on a pipeline-layout folder (``text_encoder/``, ``tokenizer/``, ``feature_extractor/``) with the
+    prompts from ``sample.py``'s ``NAME.json`` files: the score equals the mean cosine of transformers' own
+    ``ClapModel`` text and audio features (the same 48 kHz audio; clips under the 2 s window, so no random crop)
+    within 1e-4; a clip without a prompt is an error naming it."""
+    model, tokenizer, extractor = pf._clap(), pf.roberta_tokenizer(), pf.clap_feature_extractor()
+    model.save_pretrained(tmp_path / "ckpt" / "text_encoder")
+    tokenizer.save_pretrained(tmp_path / "ckpt" / "tokenizer")
+    extractor.save_pretrained(tmp_path / "ckpt" / "feature_extractor")
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    rng = np.random.default_rng(0)
+    prompts = [f"a dog barks {i} times" for i in range(3)]
+    for i, prompt in enumerate(prompts):
+        write_wav(gen / f"c{i}.wav", 0.3 * rng.standard_normal(16000 + 4000 * i), 16000)
+        (gen / f"c{i}.json").write_text(json.dumps({"prompt": prompt}))
+    result = run.evaluate(gen, gen, ("clap",), clap=tmp_path / "ckpt", progress=False)
+
+    cosines = []
+    with torch.no_grad():
+        for i, prompt in enumerate(prompts):
+            wave, _ = soundfile.read(gen / f"c{i}.wav", dtype="float32")
+            feats = extractor(resample_for_clap(wave, 16000, 48000), sampling_rate=48000, return_tensors="pt")
+            audio = model.get_audio_features(input_features=feats["input_features"])
+            text = model.get_text_features(**tokenizer([prompt], return_tensors="pt"))
+            audio, text = (getattr(x, "pooler_output", x) for x in (audio, text))
+            cosines.append(float(torch.nn.functional.cosine_similarity(audio, text)[0]))
+    np.testing.assert_allclose(result["metrics"]["clap"]["value"], np.mean(cosines), atol=1e-4)
+
+    (gen / "c1.json").unlink()
+    with pytest.raises(ValueError, match="c1.wav"):
+        run.evaluate(gen, gen, ("clap",), clap=tmp_path / "ckpt", progress=False)
