@@ -8,11 +8,9 @@ weights, on ``--clips`` clips of ``--seconds`` s at 16 kHz. Prints clips/s of ea
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
-import importlib.util
 import sys
-import types
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -22,27 +20,13 @@ from timing import timed
 from torchvggish import vggish_input
 from torchvggish.torchvggish import VGG, make_layers
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared reference helpers
+from reference_init import without_package_init  # noqa: E402
+
 from audioldm2_jax.convert import panns as panns_convert
 from audioldm2_jax.convert import vggish as vggish_convert
 from audioldm2_jax.models.panns import panns_outputs
 from audioldm2_jax.models.vggish import vggish_embeddings
-
-
-@contextlib.contextmanager
-def _bare_package(package: str):
-    # panns_inference/__init__ downloads AudioSet's labels at import time; its models module needs none of that.
-    saved = {n: m for n, m in sys.modules.items() if n == package or n.startswith(package + ".")}
-    for n in saved:
-        del sys.modules[n]
-    stub = types.ModuleType(package)
-    stub.__path__ = list(importlib.util.find_spec(package).submodule_search_locations)
-    sys.modules[package] = stub
-    try:
-        yield
-    finally:
-        for n in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
-            del sys.modules[n]
-        sys.modules.update(saved)
 
 
 def main() -> None:
@@ -58,7 +42,7 @@ def main() -> None:
     vgg = VGG(make_layers(), postprocess=False).eval()
     vgg.embeddings = torch.nn.Sequential(*list(vgg.embeddings.children())[:-1])  # as the FAD tools
     vgg_params = jax.device_put(vggish_convert.to_flax({k: v.numpy() for k, v in vgg.state_dict().items()}))
-    with _bare_package("panns_inference"):
+    with without_package_init("panns_inference"):
         cnn14 = importlib.import_module("panns_inference.models").Cnn14(16000, 512, 160, 64, 50, 8000, 527).eval()
     panns_params = jax.device_put(panns_convert.to_flax({k: v.numpy() for k, v in cnn14.state_dict().items()}))
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import sys
+import types
+
 
 def fan_in_vocoder(model) -> None:
     """A ``SpeechT5HifiGan`` re-initialised in place from torch's global generator: every convolution fan-in-scaled
@@ -18,3 +23,23 @@ def fan_in_vocoder(model) -> None:
                 module.bias.normal_(0.0, 0.1)
         model.mean.copy_(torch.randn_like(model.mean))
         model.scale.copy_(1.0 + torch.rand_like(model.scale))
+
+
+@contextlib.contextmanager
+def without_package_init(package: str):
+    """Imports of ``package``'s submodules inside skip its ``__init__``: ``panns_inference/__init__.py`` imports its
+    ``config.py``, which downloads AudioSet's label CSV with wget into ``~/panns_data`` at import time (no network in
+    tests, and the labels are not needed). A bare package object with the real search path stands in for the
+    package while inside; ``sys.modules`` is restored on exit, so a later plain import gets the real package."""
+    saved = {name: mod for name, mod in sys.modules.items() if name == package or name.startswith(package + ".")}
+    for name in saved:
+        del sys.modules[name]
+    stub = types.ModuleType(package)
+    stub.__path__ = list(importlib.util.find_spec(package).submodule_search_locations)
+    sys.modules[package] = stub
+    try:
+        yield
+    finally:
+        for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+            del sys.modules[name]
+        sys.modules.update(saved)

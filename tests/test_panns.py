@@ -4,16 +4,14 @@ then perturbed, saved as the published files are (``torch.save({"model": state_d
 converter without torch. Front end (NumPy and jitted), 2048-d embedding, 527 logits and sigmoid outputs on the same
 16 kHz audio; negative controls; converter round trip and errors."""
 
-import contextlib
-import importlib.util
-import sys
-import types
+import importlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import assert_close
+from reference_init import without_package_init
 
 from audioldm2_jax.audio import panns_features
 from audioldm2_jax.audio.panns_features import PannsFrontEnd
@@ -27,28 +25,8 @@ SR = 16000
 REFERENCE_ARGS = dict(sample_rate=SR, window_size=512, hop_size=160, mel_bins=64, fmin=50, fmax=8000, classes_num=527)
 
 
-@contextlib.contextmanager
-def _without_package_init(package: str):
-    """Imports of ``package``'s submodules inside skip its ``__init__``: ``panns_inference/__init__.py`` imports its
-    ``config.py``, which downloads AudioSet's label CSV with wget into ``~/panns_data`` at import time (no network in
-    tests, and the labels are not needed). A bare package object with the real search path stands in for the
-    package while inside; ``sys.modules`` is restored on exit, so a later plain import gets the real package."""
-    saved = {name: mod for name, mod in sys.modules.items() if name == package or name.startswith(package + ".")}
-    for name in saved:
-        del sys.modules[name]
-    stub = types.ModuleType(package)
-    stub.__path__ = list(importlib.util.find_spec(package).submodule_search_locations)
-    sys.modules[package] = stub
-    try:
-        yield
-    finally:
-        for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
-            del sys.modules[name]
-        sys.modules.update(saved)
-
-
 def _reference_class():
-    with _without_package_init("panns_inference"):
+    with without_package_init("panns_inference"):
         return importlib.import_module("panns_inference.models").Cnn14
 
 
