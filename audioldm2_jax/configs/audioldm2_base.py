@@ -22,6 +22,9 @@ train in). Options:
   ``--config.init.<component>=DIR`` points one component elsewhere (e.g. ``--config.init.vae=/ckpt/audioldm2`` to
   train the LDM on the published VAE, ``--config.init.audiomae=/ckpt/audiomae.pth`` for the released AudioMAE);
 - ``steps``, ``batch``, ``lr``: ``num_steps``, the global ``batch_size`` and the peak learning rate.
+- ``eval_data``: a manifest of held-out clips for the held-out losses logged every ``eval_every`` steps (default
+  5000; 0 turns them off); without it 1 % of the training manifest (at most 256 clips, chosen by a hash of each
+  path) is held out and never trained on (``config.eval``, :mod:`audioldm2_jax.train.held_out`).
 
 Where the settings come from: the released AudioLDM 2 config (``audioldm2/utils.py:get_basic_config`` and
 ``Sequence2AudioMAE`` in github.com/haoheliu/AudioLDM2; the VAE from AudioLDM's ``16k_64.yaml``), AudioMAE's and
@@ -71,7 +74,8 @@ OPTIMIZER = {
 # LatentDiffusion keeps an EMA of the UNet (LitEma, 0.9999, with the same (1 + n) / (10 + n) warm-up as ours).
 EMA = {"ldm": 0.9999, "joint": 0.9999}
 
-OPTIONS = ("data", "audio_root", "audio_template", "pretrained", "root", "steps", "batch", "lr")
+OPTIONS = ("data", "audio_root", "audio_template", "pretrained", "root", "steps", "batch", "lr", "eval_data",
+           "eval_every")
 
 
 def build(stage: str, options: dict[str, str], variant: str = VARIANT, models: dict | None = None,
@@ -95,6 +99,9 @@ def build(stage: str, options: dict[str, str], variant: str = VARIANT, models: d
     c.checkpoint.every_steps = 5_000
     c.checkpoint.keep = 3
     c.log.every_steps = 100
+    # held-out losses (train/held_out.py): on a manifest of held-out clips, or on 1 % of the training manifest
+    c.eval.every_steps = int(options.get("eval_every", 5_000))
+    c.eval.path = options.get("eval_data", "")
 
     # ---- data ---------------------------------------------------------------------------------------------------
     c.data.source = "manifest"

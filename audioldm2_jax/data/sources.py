@@ -209,6 +209,11 @@ class ManifestSource:
             record["error"] = f"{type(error).__name__}: {error}"
         return record
 
+    def clip_identity(self, index: int) -> str:
+        """The clip's audio path: what keeps it on its side of a held-out split (:mod:`audioldm2_jax.data.split`)
+        when the manifest is reordered or grows."""
+        return self.entries[int(index)].path
+
     def __repr__(self) -> str:
         return f"ManifestSource({self.manifest!r}, {len(self)} clips)"
 

@@ -107,6 +107,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.log = ml_collections.ConfigDict(dict(
         every_steps=50, tensorboard=True, jsonl=True, progress_bar=True, sample_every_steps=0, num_samples=2,
         sample_steps=25))
+    # Held-out evaluation (train/held_out.py): every `every_steps` steps (0: off) and at the last step, the stage's
+    # losses at fixed draws on held-out clips, logged as eval/<name>. The clips: `path` (a manifest / ArrayRecord
+    # location) or `tfds_split` when set, else a split of the training data that training then never sees
+    # (`held_out_fraction` of it by a hash of each clip's identity, at most `max_clips`).
+    c.eval = ml_collections.ConfigDict(dict(
+        every_steps=0, held_out_fraction=0.01, max_clips=256, path="", tfds_split="", batch_size=0,
+        timesteps_per_clip=4, seed=0,
+        # The field's metrics (train/held_out_metrics.py, the joint stage): every `metrics_every_steps` steps (0: off)
+        # one clip per held-out caption for the first `num_generated` clips, scored against them; each metric of
+        # `metrics` whose network is configured (vggish: FAD; panns: FD, KL, IS; clap: a CLAP checkpoint).
+        metrics_every_steps=0, metrics="fad,fd,kl,is,clap", vggish="", panns="", clap="", num_generated=32,
+        inference_steps=50, guidance_scale=3.5))
 
     data = ml_collections.ConfigDict()
 
@@ -163,6 +175,14 @@ def base_config() -> ml_collections.ConfigDict:
         stft_weight=0.0, stft_resolutions=((512, 128), (1024, 256), (2048, 512))))
     c.toy = ml_collections.ConfigDict(dict(hidden=64))  # the smoke-test stage
     return c
+
+
+def data_config(config, batch_size: int | None = None) -> dict:
+    """The input pipeline's settings (:class:`~audioldm2_jax.data.pipeline.DataConfig` keys) of a run: ``data`` with
+    the global batch size (``batch_size``, default the training batch)."""
+    data = as_dict(config.data)
+    data["global_batch_size"] = int(config.batch_size if batch_size is None else batch_size)
+    return data
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -257,6 +277,18 @@ def _check_values(d: dict) -> list[str]:
     _check_int(problems, "log.sample_every_steps", d["log"]["sample_every_steps"], 0, " (0: no samples)")
     _check_int(problems, "log.num_samples", d["log"]["num_samples"], 1)
     _check_int(problems, "log.sample_steps", d["log"]["sample_steps"], 1)
+    ev = d["eval"]
+    _check_int(problems, "eval.every_steps", ev["every_steps"], 0, " (0: no held-out evaluation)")
+    _check_number(problems, "eval.held_out_fraction", ev["held_out_fraction"], 0, 1, low_open=True, high_open=True)
+    _check_int(problems, "eval.max_clips", ev["max_clips"], 1)
+    _check_int(problems, "eval.batch_size", ev["batch_size"], 0, " (0: the training batch size)")
+    _check_int(problems, "eval.timesteps_per_clip", ev["timesteps_per_clip"], 1)
+    _check_int(problems, "eval.metrics_every_steps", ev["metrics_every_steps"], 0, " (0: no generation metrics)")
+    _check_int(problems, "eval.num_generated", ev["num_generated"], 2)
+    _check_int(problems, "eval.inference_steps", ev["inference_steps"], 1)
+    _check_number(problems, "eval.guidance_scale", ev["guidance_scale"], 0)
+    if ev["metrics_every_steps"] and not ev["every_steps"]:
+        problems.append("eval.metrics_every_steps needs held-out clips: set eval.every_steps too")
 
     data = d["data"]
     for key, minimum in (("read_threads", 0), ("prefetch_buffer_size", 0), ("worker_buffer_size", 1),

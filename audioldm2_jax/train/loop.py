@@ -46,8 +46,11 @@ from audioldm2_jax.parallel.partitioning import logical_to_shardings, make_mesh,
 from audioldm2_jax.train import checkpoint as ckpt_lib
 from audioldm2_jax.train import config as config_lib
 from audioldm2_jax.train import export as export_lib
+from audioldm2_jax.train import held_out as held_out_lib
+from audioldm2_jax.train import held_out_metrics
 from audioldm2_jax.train import metrics as metrics_lib
 from audioldm2_jax.train import state as state_lib
+from audioldm2_jax.train.config import data_config
 from audioldm2_jax.train.stages import Stage, make_stage
 
 log = logging.getLogger(__name__)
@@ -333,7 +336,10 @@ class Trainer:
     # ---- batches and compilation -----------------------------------------------------------------------------
 
     def device_batch(self, host_batch: dict) -> dict:
-        arrays = self.stage.host_batch(host_batch)
+        return self.place_batch(self.stage.host_batch(host_batch))
+
+    def place_batch(self, arrays: dict) -> dict:
+        """This process's rows of a prepared batch (``stage.host_batch``) -> global arrays on the batch sharding."""
         return global_batch(arrays, self.mesh, self.batch_sharding.spec)
 
     def compile(self, state, frozen, batch, key, options):
@@ -381,12 +387,6 @@ def _check_same_shapes(name: str, expected, got) -> None:
         raise ValueError(f"the weights loaded for {name!r} do not fit config.model.{name}: {problem}")
 
 
-def data_config(config) -> dict:
-    data = config_lib.as_dict(config.data)
-    data["global_batch_size"] = int(config.batch_size)
-    return data
-
-
 def _save_run_config(config, workdir: Path) -> None:
     if jax.process_index() != 0:
         return
@@ -405,8 +405,13 @@ def _run(trainer: Trainer, stop_at_step: int | None) -> dict:
     preemption = ckpt_lib.PreemptionFlag(signals=() if jax.process_count() > 1 else (signal.SIGTERM,))
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", int(config.checkpoint.every_steps),
                                          int(config.checkpoint.keep), bool(config.checkpoint.async_save))
-    iterator = make_dataset(data_config(config), seed=int(config.seed),
+    train_source, held_out_source = held_out_lib.split_sources(config)
+    iterator = make_dataset(data_config(config), seed=int(config.seed), source=train_source,
                             rows=partitioning.process_batch_rows(trainer.batch_sharding, int(config.batch_size)))
+    evaluator = held_out_lib.HeldOutEvaluator(trainer, held_out_source) if held_out_source is not None else None
+    every_eval, every_metrics = int(config.eval.every_steps), int(config.eval.metrics_every_steps)
+    generation_metrics = (held_out_metrics.HeldOutMetrics(trainer, evaluator.references)
+                          if evaluator is not None and every_metrics > 0 else None)
     base_key = jax.random.key(int(config.seed))
     init_key, base_key = jax.random.split(base_key)
     summary: dict[str, Any] = {"stage": trainer.stage.name, "workdir": str(workdir), "preempted": False}
@@ -505,6 +510,14 @@ def _run(trainer: Trainer, stop_at_step: int | None) -> dict:
             every_sample = int(config.log.sample_every_steps)
             if every_sample > 0 and step % every_sample == 0:
                 _write_samples(trainer, state, frozen, sample_batch, base_key, step, writer)
+            if evaluator is not None and (step % every_eval == 0 or step == num_steps):
+                lap("steps")
+                summary["eval"] = _evaluate(trainer, evaluator, state, frozen, step, writer)
+                lap("eval")
+            if generation_metrics is not None and (step % every_metrics == 0 or step == num_steps):
+                lap("steps")
+                summary["eval_metrics"] = _generation_metrics(generation_metrics, state, frozen, step, writer)
+                lap("eval_metrics")
 
             lap("steps")
             if step % int(config.checkpoint.every_steps) == 0 and step < num_steps:
@@ -530,12 +543,7 @@ def _run(trainer: Trainer, stop_at_step: int | None) -> dict:
             if config.checkpoint.save_final and last_saved != final_step:
                 checkpointer.save(final_step, state, iterator, force=True)
             if final_step >= num_steps:
-                export_state, export_frozen = state, frozen
-                if jax.process_count() > 1:  # parameters sharded across processes: whole copies on every host
-                    export_state = state.replace(params=dist.gather_to_host(state.params),
-                                                 ema=dist.gather_to_host(state.ema))
-                    export_frozen = dist.gather_to_host(frozen)
-                summary["export"] = str(export_lib.export_stage(trainer, export_state, export_frozen,
+                summary["export"] = str(export_lib.export_stage(trainer, *_exportable(state, frozen),
                                                                 workdir / "export"))
                 lap("export")
                 every_sample = int(config.log.sample_every_steps)
@@ -564,6 +572,36 @@ def _check_nonfinite(step_metrics, limit: int, step: int) -> None:
             f"{consecutive} consecutive steps (up to step {step}) had a non-finite loss or gradient; their updates "
             f"were skipped and the run is stopped (max_consecutive_nonfinite={limit}). Lower the learning rate, "
             "check the data for NaN/inf, or use float32 compute.")
+
+
+def _evaluate(trainer: Trainer, evaluator: held_out_lib.HeldOutEvaluator, state, frozen, step: int,
+              writer) -> dict[str, float]:
+    """The held-out losses of the parameters the run would export now, logged as ``eval/<name>``."""
+    values = evaluator(trainer.export_params(state), frozen, state.extras)
+    writer.scalars(step, {f"eval/{name}": value for name, value in values.items()})
+    log.info("step %d held-out (%d clips): %s", step, evaluator.clips, metrics_lib.format_metrics(values, list(values)))
+    return values
+
+
+def _exportable(state, frozen):
+    """``(state, frozen)`` whole on every host: parameters sharded across processes are gathered."""
+    if jax.process_count() == 1:
+        return state, frozen
+    return (state.replace(params=dist.gather_to_host(state.params), ema=dist.gather_to_host(state.ema)),
+            dist.gather_to_host(frozen))
+
+
+def _generation_metrics(metrics: held_out_metrics.HeldOutMetrics, state, frozen, step: int, writer) -> dict:
+    """The field's metrics of clips generated from held-out captions, logged as ``eval/<metric>``; a failure is
+    logged and training goes on."""
+    try:
+        values = metrics(*_exportable(state, frozen), step)
+    except Exception as err:  # noqa: BLE001 -- an evaluation problem must never stop training
+        log.warning("generation metrics at step %d failed: %s: %s", step, type(err).__name__, err)
+        return {}
+    writer.scalars(step, {f"eval/{name}": value for name, value in values.items()})
+    log.info("step %d generation metrics: %s", step, metrics_lib.format_metrics(values, list(values)))
+    return values
 
 
 def _write_samples(trainer: Trainer, state, frozen, batch, base_key, step: int, writer) -> None:

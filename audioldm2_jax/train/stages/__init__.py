@@ -38,6 +38,7 @@ import numpy as np
 from audioldm2_jax import components
 from audioldm2_jax.models.audiomae import init_encoder
 from audioldm2_jax.train import config as config_lib
+from audioldm2_jax.train import held_out
 
 
 class Stage:
@@ -131,6 +132,20 @@ class Stage:
     def loss(self, group: str, params: dict, frozen: dict, extras: dict, batch: dict, rng: jax.Array, step,
              options) -> tuple[jax.Array, dict]:
         raise NotImplementedError
+
+    def held_out_losses(self, params: dict, frozen: dict, extras: dict, batch: dict, key: jax.Array,
+                        per_clip: int) -> dict[str, tuple[jax.Array, jax.Array]]:
+        """``{name: (sum, count)}`` of the evaluation losses on a held-out batch (:mod:`audioldm2_jax.train.held_out`).
+        ``batch["eval_index"]`` (int32 ``[B]``) numbers its clips in the held-out split: every random draw derives
+        from ``key`` and those numbers, never from the step. ``per_clip``: ``eval.timesteps_per_clip``, the draws per
+        clip of a diffusion loss. Default: each group's training loss with one fixed key per batch."""
+        batch_key = jax.random.fold_in(key, batch[held_out.CLIP_INDEX][0])
+        size = batch[held_out.CLIP_INDEX].shape[0]
+        out = {}
+        for group in self.groups:
+            loss, _ = self.loss(group, params, frozen, extras, batch, batch_key, 0, self.step_options(0))
+            out["loss" if len(self.groups) == 1 else f"{group}/loss"] = held_out.batch_mean(loss, size)
+        return out
 
     # ---- outputs ---------------------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from audioldm2_jax.models.gpt2 import GPT2Model
 from audioldm2_jax.models.projection import AudioLDM2ProjectionModel
 from audioldm2_jax.models.t5 import T5EncoderModel
 from audioldm2_jax.models.vits_text import VitsTextEncoder
+from audioldm2_jax.train import held_out
 from audioldm2_jax.train.config import ConfigError
 from audioldm2_jax.train.stages import Stage, common
 
@@ -205,6 +206,12 @@ class GPT2Stage(Stage):
     def loss(self, group, params, frozen, extras, batch, rng, step, options):
         loss, _, _, _, metrics = self.text.loss_and_predictions(params["gpt2"], frozen, batch, rng, self.cond_dropout)
         return loss, metrics
+
+    def held_out_losses(self, params, frozen, extras, batch, key, per_clip):
+        """The LOA regression loss and cosine without condition dropout."""
+        loss, _, _, _, metrics = self.text.loss_and_predictions(params["gpt2"], frozen, batch, key, 0.0)
+        size = batch[held_out.CLIP_INDEX].shape[0]
+        return {"loss": held_out.batch_mean(loss, size), "loa_cosine": held_out.batch_mean(metrics["loa_cosine"], size)}
 
 
 STAGE = GPT2Stage

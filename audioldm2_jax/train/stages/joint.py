@@ -19,6 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from audioldm2_jax.train import held_out
 from audioldm2_jax.train.stages import Stage
 from audioldm2_jax.train.stages import common
 from audioldm2_jax.train.stages.gpt2 import TextToLOA
@@ -76,6 +77,23 @@ class JointStage(Stage):
         metrics = {**metrics, "ldm_loss": ldm_loss, "gpt2_loss": gpt2_loss,
                    "switch_gt_fraction": use_gt.astype(jnp.float32).mean()}
         return ldm_loss + self.gpt2_weight * gpt2_loss, metrics
+
+    def held_out_losses(self, params, frozen, extras, batch, key, per_clip):
+        """Without condition dropout: GPT-2's LOA loss (``gpt2_loss``, ``loa_cosine``), the denoising loss at fixed draws
+        given the ground-truth LOA (``ldm_loss`` and its timestep strata) and given GPT-2's teacher-forced LOA
+        (``ldm_loss_predicted_loa``), and ``loss``, the training objective's expectation over the switcher."""
+        model = params["model"]
+        size = batch[held_out.CLIP_INDEX].shape[0]
+        gpt2_loss, predicted, target, _, metrics = self.text.loss_and_predictions(model, frozen, batch, key, 0.0)
+        with_target = self.ldm.held_out_errors(model["unet"], frozen, extras, batch, target, key, per_clip)
+        with_predicted = self.ldm.held_out_errors(model["unet"], frozen, extras, batch, predicted, key, per_clip)
+        per_clip_ldm = self.p_gt * with_target.mean(axis=1) + (1.0 - self.p_gt) * with_predicted.mean(axis=1)
+        loss_sum, count = held_out.total(per_clip_ldm)
+        return {"loss": (loss_sum + self.gpt2_weight * gpt2_loss * size, count),
+                **held_out.timestep_bands(with_target, self.ldm.schedule.num_train_timesteps, "ldm_loss"),
+                "ldm_loss_predicted_loa": held_out.total(with_predicted),
+                "gpt2_loss": held_out.batch_mean(gpt2_loss, size),
+                "loa_cosine": held_out.batch_mean(metrics["loa_cosine"], size)}
 
     def export_components(self, params, frozen, extras):
         return common.with_latent_scale(super().export_components(params, frozen, extras), extras)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from audioldm2_jax.models.discriminators import PatchGANConfig, PatchGANDiscriminator
 from audioldm2_jax.models.vae import AutoencoderKL
-from audioldm2_jax.train import gan_losses
+from audioldm2_jax.train import gan_losses, held_out
 from audioldm2_jax.train.stages import Stage
 from audioldm2_jax.train.stages import common
 
@@ -105,6 +105,17 @@ class VAEStage(Stage):
         warmup = gan_losses.gan_warmup(step, self.disc_start) * self.disc_factor
         d_loss = gan_losses.hinge_d_loss(real, fake)
         return warmup * d_loss, {"d_loss_raw": d_loss, "logits_real": jnp.mean(real), "logits_fake": jnp.mean(fake)}
+
+    def held_out_losses(self, params, frozen, extras, batch, key, per_clip):
+        """Reconstruction from the posterior's mode: ``loss`` (``nll + kl_weight * KL``, the generator's objective
+        without the adversarial term), ``rec_l1`` (per element) and ``kl``."""
+        mel = batch["log_mel"][..., None]
+        recon, posterior = self._reconstruct(params["vae"]["vae"], mel[..., 0], None)
+        kl = jnp.mean(posterior.kl())
+        size = mel.shape[0]
+        return {"loss": held_out.batch_mean(reconstruction_l1(mel, recon) + self.kl_weight * kl, size),
+                "rec_l1": held_out.total(jnp.abs(mel - recon.astype(jnp.float32))),
+                "kl": held_out.batch_mean(kl, size)}
 
     def export_components(self, params, frozen, extras):
         out = super().export_components(params, frozen, extras)

@@ -24,7 +24,7 @@ from audioldm2_jax.audio import stft
 from audioldm2_jax.models.discriminators import (HifiGanDiscriminatorConfig, MultiPeriodDiscriminator,
                                                  MultiScaleDiscriminator)
 from audioldm2_jax.models.vocoder import HifiGanVocoder
-from audioldm2_jax.train import gan_losses
+from audioldm2_jax.train import gan_losses, held_out
 from audioldm2_jax.train.config import ConfigError
 from audioldm2_jax.train.stages import Stage, common
 
@@ -128,6 +128,14 @@ class VocoderStage(Stage):
         msd_fake, _ = self.msd.apply({"params": disc["msd"]}, fake)
         loss = gan_losses.lsgan_d_loss(mpd_real, mpd_fake) + gan_losses.lsgan_d_loss(msd_real, msd_fake)
         return loss, {}
+
+    def held_out_losses(self, params, frozen, extras, batch, key, per_clip):
+        """``loss``: the L1 distance of log-mels (the generator's mel term, unweighted) over whole clips."""
+        wave = batch["waveform"]
+        fake = self.vocoder.apply({"params": params["generator"]["vocoder"]}, batch["log_mel"])
+        n = min(fake.shape[1], wave.shape[1])
+        mel_l1 = gan_losses.mel_l1_loss(differentiable_log_mel(wave[:, :n]), differentiable_log_mel(fake[:, :n]))
+        return {"loss": held_out.batch_mean(mel_l1, wave.shape[0])}
 
     def export_components(self, params, frozen, extras):
         out = super().export_components(params, frozen, extras)
