@@ -1,7 +1,8 @@
 """The quickstart end to end at micro size: text pieces, all six stages, sampling from the joint export, the report.
 
-The report's pitch-class accuracy is recounted here independently: the expected note is read back from each
-prompt's caption text (not from the attributes the job drew) and checked on the WAV file the job wrote."""
+The report's pitch-class accuracy and its baselines are recounted here independently: the expected note is read back
+from each prompt's caption text (not from the attributes the job drew) and checked on the WAV file the job wrote;
+the shuffled-prompt baseline by brute force over every (clip, other prompt) pair."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pytest
 from audioldm2_jax import components, quickstart
 from audioldm2_jax.audio.io import read_audio
 from audioldm2_jax.configs import quickstart as qs
-from audioldm2_jax.eval.procedural import check_pitch_class, estimate_pitch_class_from_log_mel
+from audioldm2_jax.eval.procedural import (check_pitch_class, estimate_pitch_class_from_log_mel,
+                                          estimate_pitch_classes)
 from audioldm2_jax.train.stages import STAGE_ORDER
 
 NUM_PROMPTS = 3
@@ -66,26 +68,46 @@ def test_samples_are_written(job):
         assert meta["num_inference_steps"] == settings["num_inference_steps"]
 
 
+def _recount_baselines(found, wanted):
+    """Shuffled-prompt and best-constant baselines counted by brute force: every clip against every other prompt."""
+    n = len(wanted)
+    shuffled = np.mean([found[i] == wanted[j] for i in range(n) for j in range(n) if i != j])
+    return shuffled, max(wanted.count(w) for w in wanted) / n
+
+
 def test_report_accuracy_matches_a_recount(job):
     root, report = job
     lines = [line.split("|") for line in (root / "prompts.txt").read_text().splitlines() if line]
     assert len(lines) == NUM_PROMPTS
-    hits, mel_hits = [], []
+    notes, found, found_mel = [], [], []
     settings = qs.sampling_settings(micro=True)
     for caption, name in lines:
         wave, rate = read_audio(root / "samples" / f"{name}.wav")
-        hits.append(check_pitch_class(wave, _caption_note(caption), rate))
+        notes.append(_caption_note(caption))
+        heard = estimate_pitch_classes(wave, rate, max_notes=1)
+        found.append(heard[0] if heard else None)
+        assert check_pitch_class(wave, notes[-1], rate) == (found[-1] == notes[-1])
         log_mel = np.load(root / "samples" / f"{name}.mel.npy")  # what the diffusion model generated
         assert log_mel.shape == (round(settings["audio_length_in_s"] * 100), 64)
-        mel_hits.append(estimate_pitch_class_from_log_mel(log_mel) == _caption_note(caption))
-    for check, want in (("pitch_class", hits), ("spectrogram_pitch_class", mel_hits)):
+        found_mel.append(estimate_pitch_class_from_log_mel(log_mel, qs.GRAMMAR["instruments"]))
+    for check, heard in (("pitch_class", found), ("spectrogram_pitch_class", found_mel)):
         pitch = report["summary"][check]
+        want = [h == n for h, n in zip(heard, notes)]
         assert pitch["count"] == NUM_PROMPTS and pitch["correct"] == sum(want), check
         assert pitch["accuracy"] == pytest.approx(np.mean(want), abs=1e-12)
-        assert pitch["chance"] == pytest.approx(1 / 12)
+        shuffled, constant = _recount_baselines(heard, notes)
+        assert pitch["shuffled"] == pytest.approx(shuffled, abs=1e-12), check
+        assert pitch["best_constant"] == pytest.approx(constant, abs=1e-12), check
     saved = json.loads((root / "report.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(report["summary"]))
-    assert "pitch_class" in (root / "report.md").read_text()
+    text = (root / "report.md").read_text()
+    assert "shuffled prompts" in text and "best constant" in text
+    # the grid and the listening list name files that exist
+    assert (root / "spectrograms.png").stat().st_size > 0
+    assert report["listening"]
+    for item in report["listening"]:
+        assert (root / item["generated"]).is_file() and (root / item["true"]).is_file(), item
+        assert item["generated"] in text
     for stage in STAGE_ORDER:
         assert report["timings"][stage]["wall_s"] > 0
     phases = ("text", "stages", "sample", "score")  # the stages' own entries overlap inside "stages"

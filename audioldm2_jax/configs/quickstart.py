@@ -10,13 +10,14 @@ makes them). ``micro=1``: the smallest models and a few steps (the test suite's 
 
 The budget: the whole job (compilation included) in 15 minutes on two CPU cores. XLA:CPU runs these small
 convolutional networks at a few GFLOP/s and spends 30-150 s compiling and initialising each stage, so every stage
-gets a hundred-odd steps and the clips are short; the sizes below are what fits. Measured on two cores shared with
-other jobs (load 1-6): 12.5 minutes in all (stages 10.5, two at a time; sampling 48 clips 1.5).
+gets a hundred-odd steps and the clips are short; the sizes below are what fits. Measured on two idle-ish cores
+(load 1-6), the previous grammar: 12.5 minutes in all (stages 10.5, two at a time; sampling 48 clips 1.5); this
+grammar, with the same steps, on cores shared with other jobs (load 9-15): 23.5 minutes (docs/training.md).
 
-What that buys: the samples follow the prompts' tempo and instrument family part of the time, but not their
-pitch, and both ends of the chain lose it: HiFi-GAN trained from scratch for 120 steps renders even the true
-spectrograms at chance pitch, and the diffusion model's own spectrograms carry no more pitch than chance (the
-report's spectrogram row and ceiling rows; figures in docs/training.md).
+What that buys (docs/training.md, with the baselines): the samples follow the prompt's instrument family (37 points
+above the shuffled-prompt baseline), but not its tempo or pitch. HiFi-GAN trained from scratch for 120 steps renders
+even the true spectrograms at chance pitch, and the diffusion model's own spectrograms carry no more pitch than
+chance (the report's spectrogram row and ceiling rows).
 """
 
 import ml_collections
@@ -26,9 +27,11 @@ from audioldm2_jax.models.audiomae import loa_token_count
 
 MICRO_SECONDS = 1.28
 CLIP_SECONDS = 1.28  # 128 mel frames: latents [32, 16, 8]; AudioMAE sees an 8 x 8 patch grid
-# A sub-vocabulary of the procedural grammar: harmonic-rich, sustained instruments (pitch is readable from the
-# harmonic pattern even at 64 mel bins) playing single notes.
-GRAMMAR = dict(instruments=("sawtooth", "square"), patterns=("note",))
+# A sub-vocabulary of the procedural grammar that every check of the report can tell apart: two harmonic-rich
+# instruments of different families (a sustained sawtooth synth, a decaying plucked string: pitch is readable from
+# the harmonic pattern even at 64 mel bins) playing single notes at two tempos whose onset counts differ in a
+# 1.28 s clip (60 bpm: 2 onsets, 180 bpm: 4; the grammar's 60-150 bpm give 2 or 3, which a count cannot separate).
+GRAMMAR = dict(instruments=("sawtooth", "plucked string"), patterns=("note",), tempos=(60, 180))
 LOA_LAMBDA = 4  # pooling 4 x 4 patches: 2 x 2 = 4 LOA tokens over the 8 x 8 grid, as many as GPT-2 generates
 
 # Measured on two shared cores (docs in the module docstring): compile + init is 30-150 s per stage, a step 0.3-2 s.

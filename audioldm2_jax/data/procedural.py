@@ -157,7 +157,10 @@ class ClipAttributes:
         }
 
 
-def _onsets(tempo_bpm: int, duration: float) -> tuple[float, ...]:
+def note_onsets(tempo_bpm: int, duration: float) -> tuple[float, ...]:
+    """Onset times (seconds) of a clip of ``duration`` at ``tempo_bpm``: one a beat from ``FIRST_ONSET_S``, the
+    last one at least 150 ms before the end. Two tempos are told apart by an onset count only where their counts
+    differ (1.28 s: 60-100 bpm give 2, 120-150 bpm 3, 180-200 bpm 4)."""
     interval = 60.0 / tempo_bpm
     count = int(math.floor((duration - 0.15 - FIRST_ONSET_S) / interval)) + 1  # last note keeps >= 150 ms
     return tuple(round(FIRST_ONSET_S + k * interval, 6) for k in range(max(count, 1)))
@@ -176,7 +179,7 @@ def sample_attributes(rng: np.random.Generator, duration: float = 2.56,
     envelope = str(rng.choice(ENVELOPES))
     if instrument not in PITCHED_INSTRUMENTS:
         return ClipAttributes(instrument=instrument, pattern="hits", tempo_bpm=tempo, envelope=envelope,
-                              duration=duration, onset_times=_onsets(tempo, duration))
+                              duration=duration, onset_times=note_onsets(tempo, duration))
     pattern = str(rng.choice(list(patterns)))
     root_index = int(rng.integers(12))
     octave = int(rng.choice(OCTAVES))
@@ -191,7 +194,7 @@ def sample_attributes(rng: np.random.Generator, duration: float = 2.56,
             notes = notes + (root_midi + 12,)
     return ClipAttributes(instrument=instrument, pattern=pattern, tempo_bpm=tempo, envelope=envelope,
                           duration=duration, root=NOTE_NAMES[root_index], octave=octave, quality=quality,
-                          midi_notes=notes, onset_times=_onsets(tempo, duration))
+                          midi_notes=notes, onset_times=note_onsets(tempo, duration))
 
 
 def caption_for(attributes: ClipAttributes, rng: np.random.Generator) -> str:

@@ -16,7 +16,7 @@ from audioldm2_jax.audio import mel as mel_lib
 from audioldm2_jax.audio import stft
 from audioldm2_jax.data.procedural import (FAMILIES, INSTRUMENT_FAMILY, INSTRUMENTS, NOTE_NAMES, OCTAVES,
                                            PITCHED_INSTRUMENTS, SAMPLE_RATE, ClipAttributes, hz_to_midi, midi_to_hz,
-                                           pitch_class_index, render_note)
+                                           note_onsets, pitch_class_index, render_note)
 
 
 def _power_spectrogram(wave: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
@@ -257,6 +257,28 @@ def check_onset_rate(wave: np.ndarray, expected: float, sample_rate: int = SAMPL
     onset's worth of slack over the clip (a note cut by the clip's edge)."""
     duration = len(wave) / sample_rate
     return abs(estimate_onset_rate(wave, sample_rate) - expected) <= tolerance * expected + 1.0 / duration
+
+
+def tempo_onset_counts(tempos: Sequence[int], duration: float) -> dict[int, int]:
+    """``{bpm: onsets a clip of duration seconds has at that tempo}`` (:func:`note_onsets`). Raises when two tempos
+    have the same count: an onset count cannot tell them apart, and a check between them would measure nothing."""
+    counts = {int(bpm): len(note_onsets(int(bpm), duration)) for bpm in tempos}
+    if len(set(counts.values())) < len(counts):
+        raise ValueError(f"tempos {tuple(tempos)} are not distinguishable by onset count in {duration} s clips "
+                         f"(onsets per tempo: {counts}); use tempos further apart or longer clips")
+    return counts
+
+
+def estimate_tempo(wave: np.ndarray, tempos: Sequence[int], sample_rate: int = SAMPLE_RATE) -> int | None:
+    """The tempo class of ``wave`` among ``tempos``: the one whose onset count (:func:`tempo_onset_counts`) is
+    nearest to the :func:`onset_times` count; ``None`` when two classes are equally near (a count halfway between
+    them says neither)."""
+    counts = tempo_onset_counts(tempos, len(wave) / sample_rate)
+    found = len(onset_times(wave, sample_rate))
+    distance = {bpm: abs(found - count) for bpm, count in counts.items()}
+    nearest = min(distance.values())
+    best = [bpm for bpm, d in distance.items() if d == nearest]
+    return best[0] if len(best) == 1 else None
 
 
 def score_clip(wave: np.ndarray, attributes: ClipAttributes, sample_rate: int = SAMPLE_RATE) -> dict[str, bool]:

@@ -20,10 +20,14 @@ setting; one module per step):
    sampled from the joint stage's export with :class:`audioldm2_jax.pipeline.AudioLDM2Pipeline` (one WAV,
    spectrogram PNG and JSON per clip, as ``sample.py`` writes them).
 4. ``root/report.json`` / ``root/report.md`` (:mod:`.report`; the scores of :mod:`audioldm2_jax.eval.prompts`; also
-   printed): prompt following measured on the WAV files with the procedural dataset's checks (pitch class: chance
-   1/12; instrument family; onset rate) and, apart, the pitch class read from the spectrogram the diffusion model
-   generated (before the vocoder); the same checks on the prompts' true clips passed through the trained vocoder
-   (and VAE), which bound what the chain can reach, wall and CPU time per step of the job, and
+   printed): prompt following measured on the WAV files with the procedural dataset's estimators (pitch class,
+   instrument family, tempo class) and, apart, the pitch class read from the spectrogram the diffusion model
+   generated (before the vocoder). Every accuracy stands beside two baselines from the same clips: the same
+   estimates scored against shuffled prompts (what a prompt-ignoring generator gets) and the best constant answer.
+   Also the same checks on the prompts' true clips (the ceiling), on true clips against mismatched prompts (the
+   floor), and through the trained vocoder (and VAE), which bound what the chain can reach; wall and CPU time per
+   step of the job; ``root/spectrograms.png`` (true clip, generated spectrogram and generated audio for a handful of
+   prompts) with a listening list (``root/true/<name>.wav`` beside ``root/samples/<name>.wav``); and
    ``root/loss_<stage>.png`` loss curves from each stage's ``metrics.jsonl``.
 
 ``--micro`` runs the same job at the smallest sizes with a few steps (the test suite's end-to-end check).

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Sequence
 
 from audioldm2_jax.configs import quickstart as qs
-from audioldm2_jax.eval.prompts import reference_scores, score_samples
+from audioldm2_jax.eval.prompts import reference_scores, score_samples, true_clips
 from audioldm2_jax.pipeline import AudioLDM2Pipeline
-from audioldm2_jax.quickstart.report import plot_losses, write_report
+from audioldm2_jax.quickstart.report import pick_listening, plot_losses, write_listening, write_report
 from audioldm2_jax.quickstart.sampling import draw_prompts, sample_prompts
 from audioldm2_jax.quickstart.stages import stage_main, stage_config, train_stages
 from audioldm2_jax.quickstart.text import build_text
@@ -87,24 +87,28 @@ def run(root: str | os.PathLike = "runs/quickstart", num_prompts: int = 48, step
         entry["status"] = (f"{totals['clips']} clips, compile {totals['compile_s']:.0f} s, "
                            f"run {totals['wall_s']:.0f} s")
     with clock.phase("score") as entry:
-        scores = score_samples(samples, prompts)
-        references = reference_scores(pipe, prompts)
+        scores = score_samples(samples, prompts, qs.GRAMMAR)
+        references = reference_scores(pipe, prompts, qs.GRAMMAR)
+        true_waves, _ = true_clips(prompts)
+        listening = write_listening(root, samples, prompts, scores["clips"], true_waves,
+                                    pick_listening(scores["clips"]))
         plots = []
         for stage in STAGE_ORDER:
             path = root / f"loss_{stage}.png"
             if plot_losses(root / stage, stage, path):
                 plots.append(path.name)
-        entry["status"] = "procedural checks, loss plots"
+        entry["status"] = "procedural checks and baselines, spectrogram grid, loss plots"
     total = time.perf_counter() - started
     report = {"root": str(root), "export": str(export), "prompts": num_prompts, "prompt_seed": qs.PROMPT_SEED,
               "grammar": {k: list(v) for k, v in qs.GRAMMAR.items()}, "sampling": sampling, "micro": micro,
               "steps_scale": steps_scale, "jobs": jobs, "summary": scores["summary"], "references": references,
-              "clips": scores["clips"],
+              "clips": scores["clips"], "listening": listening,
               "timings": clock.timings, "total_wall_s": total, "load": _load_average(), "loss_plots": plots}
     text = write_report(root, report)
     say(text)
-    say(f"[quickstart] outputs: {root}/report.md, {root}/report.json, {samples}/ (WAV + PNG + JSON per clip), "
-        f"{root}/loss_<stage>.png; the model: {export}")
+    say(f"[quickstart] outputs: {root}/report.md, {root}/report.json, {root}/spectrograms.png (true vs generated), "
+        f"{samples}/ (WAV + PNG + JSON per clip), {root}/true/ (true clips to compare), {root}/loss_<stage>.png; "
+        f"the model: {export}")
     return report
 
 
