@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import train_fixtures as testing
+from reference_init import random_extractor_params, save_pth
 from diffusers import DDPMScheduler
 
 from audioldm2_jax import components
@@ -236,11 +237,8 @@ def test_every_stage_evaluates_its_held_out_losses(stage, tokenizers, tmp_path):
 @pytest.fixture(scope="module")
 def random_vggish(tmp_path_factory):
     """A VGGish weights file in torchvggish's layout, random (the published one cannot be downloaded here)."""
-    params = nn.unbox(VGGish().init(jax.random.key(0), *vggish_dummy_inputs())["params"])
-    path = tmp_path_factory.mktemp("vggish") / "vggish-random.pth"
-    torch.save({k: torch.from_numpy(np.array(v)) for k, v in vggish_convert.to_torch(jax.device_get(params)).items()},
-               path)
-    return str(path)
+    params = random_extractor_params(VGGish(), vggish_dummy_inputs(), seed=0)
+    return save_pth(vggish_convert.to_torch(params), tmp_path_factory.mktemp("vggish") / "vggish-random.pth")
 
 
 def test_generation_metrics_score_clips_generated_from_held_out_captions(tokenizers, random_vggish, tmp_path):

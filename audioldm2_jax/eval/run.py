@@ -14,7 +14,9 @@ Audio is prepared as ``audioldm_eval``'s ``WaveDataset`` does it, except for the
   cropped. That also covers both models' minimum lengths (VGGish 0.975 s, CNN14 0.31 s).
 
 Both networks see each whole clip. Clips of equal length are batched (padded with zero rows to a fixed batch size,
-so one compile per length; rows do not interact in either network: BatchNorm is frozen) and jitted.
+so one compile per length; rows do not interact in either network: BatchNorm is frozen) and jitted, each batch split
+over the devices (all of this process's by default; :mod:`audioldm2_jax.eval.placement`) with the weights
+replicated: the batch size is rounded up to a multiple of the device count.
 
 Features of the reference set are cached per file under ``cache_dir``, keyed by the sha256 of the file's bytes, the
 sha256 of the model's weights file and the preparation settings: an edited clip, other weights or other settings
@@ -32,7 +34,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
@@ -44,10 +45,14 @@ from audioldm2_jax.convert.vggish import load_params as load_vggish
 from audioldm2_jax.convert.weights import CheckpointError
 from audioldm2_jax.eval import metrics as M
 from audioldm2_jax.eval.clap_score import ClapEmbedder, clap_scores
+from audioldm2_jax.eval.placement import BatchMesh
 from audioldm2_jax.models.panns import panns_outputs
 from audioldm2_jax.models.vggish import vggish_embeddings
 
-METRICS = ("fad", "fd", "kl", "is", "clap")
+METRICS = ("fad", "fd", "kl", "is", "clap")  # the default set
+# fadtk's FAD-inf: optional (it needs more than ``fad_inf_min_n`` VGGish frames of generated audio, 500 by default).
+KNOWN_METRICS = METRICS + ("fad_inf",)
+FAD_INF_SEED = 0  # the sample-size draws: what fadtk draws after np.random.seed(0)
 SAMPLE_RATE = 16000
 MIN_SAMPLES = 32000  # audioldm_eval's pad_short_audio: 2 s at 16 kHz
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
@@ -62,7 +67,7 @@ WEIGHTS = {
     "panns": ("Cnn14_16k_mAP=0.438.pth", "https://zenodo.org/record/3987831"),
 }
 # Which network each metric needs.
-_NEEDS = {"fad": "vggish", "fd": "panns", "kl": "panns", "is": "panns"}
+_NEEDS = {"fad": "vggish", "fad_inf": "vggish", "fd": "panns", "kl": "panns", "is": "panns"}
 SETTINGS = {
     "sample_rate": SAMPLE_RATE,
     "resampling": RESAMPLING,
@@ -127,13 +132,19 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-_vggish_jit = jax.jit(vggish_embeddings)
+# One function per network: ``(params, waves [B, N]) -> {feature name: [B, ...]}``, compiled by BatchMesh.call.
+_FEATURES: dict[str, Callable] = {
+    "vggish": lambda params, x: {"vggish": vggish_embeddings(params, x)},  # [B, E, 128]
+    "panns": lambda params, x: {k: v for k, v in panns_outputs(params, x).items()
+                                if k in ("embedding", "logits")},  # [B, 2048], [B, 527]
+}
 
 
-def _batched(fn: Callable[[np.ndarray], dict[str, np.ndarray]], waves: Sequence[np.ndarray], batch_size: int,
+def _batched(fn: Callable[[np.ndarray], Mapping[str, Any]], waves: Sequence[np.ndarray], batch_size: int,
              bar) -> list[dict[str, np.ndarray]]:
     """``fn`` on clips grouped by length, ``batch_size`` rows at a time (the last batch of a group padded with zero
-    rows, dropped again): per clip, ``{name: array}`` in the input order."""
+    rows, dropped again; ``batch_size`` a multiple of the device count ``fn`` splits batches over): per clip,
+    ``{name: array}`` in the input order."""
     out: list[dict | None] = [None] * len(waves)
     groups: dict[int, list[int]] = {}
     for i, w in enumerate(waves):
@@ -153,20 +164,30 @@ def _batched(fn: Callable[[np.ndarray], dict[str, np.ndarray]], waves: Sequence[
 
 @dataclasses.dataclass
 class Extractor:
-    """One network with its weights: ``name`` ("vggish" / "panns"), ``params``, ``path`` and ``sha256`` of its
-    file. :meth:`__call__` maps a batch ``[B, N]`` to its per-clip features."""
+    """One network with its weights: ``name`` ("vggish" / "panns"), ``params`` (host arrays), ``path`` and
+    ``sha256`` of its file. :meth:`on` gives the function that maps a batch ``[B, N]`` to its per-clip features on a
+    :class:`~audioldm2_jax.eval.placement.BatchMesh`."""
 
     name: str
     params: Any
     path: str
     sha256: str
+    # The parameters replicated on the mesh last used, ``(mesh key, tree)``: one copy per device, kept for repeated
+    # evaluations on the same devices (a trainer's), replaced when another mesh asks.
+    _replica: tuple | None = dataclasses.field(default=None, repr=False, compare=False)
 
-    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        x = jnp.asarray(batch)
-        if self.name == "vggish":
-            return {"vggish": _vggish_jit(self.params, x)}  # [B, E, 128]
-        out = panns_outputs(self.params, x)
-        return {"embedding": out["embedding"], "logits": out["logits"]}
+    def on(self, mesh: BatchMesh) -> Callable[[np.ndarray], dict[str, jax.Array]]:
+        """``batch [B, N]`` (``B`` a multiple of ``mesh.size``) -> ``{feature name: [B, ...]}`` device arrays,
+        computed with the rows split over ``mesh``'s devices."""
+        if self._replica is None or self._replica[0] != mesh.key:
+            self._replica = None  # drop the old copies before making new ones
+            self._replica = (mesh.key, mesh.replicate(self.params))
+        params, fn = self._replica[1], _FEATURES[self.name]
+
+        def features(batch: np.ndarray) -> dict[str, jax.Array]:
+            return mesh.call(fn, params, mesh.split(np.asarray(batch, np.float32)))
+
+        return features
 
     def describe(self) -> dict:
         return {"file": self.path, "sha256": self.sha256[:16]}
@@ -189,7 +210,7 @@ def _load_extractor(name: str, path: str, size: int, mtime_ns: int) -> Extractor
     # Keyed by size and modification time too, so a replaced file is read again; repeated evaluations (a trainer's,
     # a notebook's) do not re-read and re-hash 300 MB of PANNs weights.
     params = load_vggish(path) if name == "vggish" else load_panns(path)
-    return Extractor(name, jax.device_put(params), path, file_sha256(path))
+    return Extractor(name, jax.device_get(params), path, file_sha256(path))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -240,10 +261,14 @@ def _write_cache(path: Path, features: Mapping[str, np.ndarray]) -> None:
 
 def extract_set(directory: str | os.PathLike, extractors: Sequence[Extractor], what: str,
                 cache_dir: str | os.PathLike | None = None, batch_size: int = BATCH_SIZE,
-                progress: bool = True) -> ClipSet:
+                progress: bool = True, mesh: BatchMesh | None = None) -> ClipSet:
     """Features of every readable clip of ``directory`` under each extractor; with ``cache_dir``, features are
     read from / written to the cache (see the module docstring), and a clip whose features are all cached is not
-    even decoded. An unreadable file is skipped and recorded; no readable clip at all is a ValueError."""
+    even decoded. An unreadable file is skipped and recorded; no readable clip at all is a ValueError.
+    ``mesh``: the devices each batch is split over (default: every local device); ``batch_size`` is rounded up to a
+    multiple of their count."""
+    mesh = mesh or BatchMesh()
+    rows = mesh.rows(batch_size)
     files = list_clips(directory, what)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
     keys: list[dict[str, Path]] = []
@@ -283,7 +308,7 @@ def extract_set(directory: str | os.PathLike, extractors: Sequence[Extractor], w
         computed: dict[int, dict] = {}
         if todo:
             bar = tqdm(total=len(todo), desc=f"{ex.name} {what}", unit="clip", disable=not progress)
-            for i, f in zip(todo, _batched(ex, [waves[i] for i in todo], batch_size, bar)):
+            for i, f in zip(todo, _batched(ex.on(mesh), [waves[i] for i in todo], rows, bar)):
                 computed[i] = f
                 if cache is not None:
                     _write_cache(keys[i][ex.name], f)
@@ -330,11 +355,11 @@ def read_prompts(paths: Sequence[Path], prompts: str | os.PathLike | Mapping[str
     return out
 
 
-def load_clap(checkpoint: str | os.PathLike):
+def load_clap(checkpoint: str | os.PathLike, devices: int | Sequence[jax.Device] | BatchMesh | None = None):
     """A :class:`~audioldm2_jax.eval.clap_score.ClapEmbedder` from any transformers-layout CLAP folder or pipeline
     folder: weights through ``components.load("clap", ...)``, the tokenizer from ``tokenizer/`` beside the weights'
     folder (or in it), the feature extractor's ``preprocessor_config.json`` likewise (AudioLDM 2's defaults
-    otherwise)."""
+    otherwise); batches split over ``devices`` (default: every local device)."""
     import transformers  # deferred: heavy, and needed only for the CLAP score's tokenizer
 
     config, params, _ = components.load("clap", checkpoint)
@@ -350,7 +375,7 @@ def load_clap(checkpoint: str | os.PathLike):
             features = ClapFeatureConfig.from_preprocessor_config(
                 json.loads((d / "preprocessor_config.json").read_text()))
             break
-    return ClapEmbedder(config, {"params": jax.device_put(params)}, tokenizer, features)
+    return ClapEmbedder(config, {"params": params}, tokenizer, features, devices=devices)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -363,30 +388,59 @@ def _frechet(gen: np.ndarray, ref: np.ndarray) -> dict:
     return {"value": r.value, "value_eig": r.value_eig, "eps_retry": r.eps_retry}
 
 
+def _check_fad_inf(frames: int, clips: int, steps: int, min_n: int) -> None:
+    """FAD-inf fits a line through FADs of samples of ``min_n`` .. ``frames`` generated frames: it needs more
+    frames than ``min_n`` (fadtk would silently fit sizes that shrink from ``min_n`` to ``frames``, or a vertical
+    line when they are equal) and at least 2 sizes."""
+    if steps < 2:
+        raise ValueError(f"FAD-inf: fad_inf_steps={steps}; the fit needs at least 2 sample sizes")
+    if min_n < 2:
+        raise ValueError(f"FAD-inf: fad_inf_min_n={min_n}; a covariance needs at least 2 frames")
+    if frames <= min_n:
+        raise ValueError(f"FAD-inf needs more than fad_inf_min_n={min_n} VGGish frames of generated audio (one per "
+                         f"0.96 s of each clip; its smallest sample size), but the {clips} generated clip(s) give "
+                         f"{frames}: generate more clips (about {(min_n + 1 - frames) * 0.96:.0f} s more audio) or "
+                         f"lower fad_inf_min_n (--fad-inf-min-n)")
+
+
 def evaluate(generated_dir: str | os.PathLike, reference_dir: str | os.PathLike,
              metrics: Sequence[str] = METRICS, vggish: str | os.PathLike | None = None,
              panns: str | os.PathLike | None = None, clap: Any = None,
              prompts: str | os.PathLike | Mapping[str, str] | None = None,
              cache_dir: str | os.PathLike | None = DEFAULT_CACHE, progress: bool = True,
-             batch_size: int = BATCH_SIZE, is_splits: int = M.IS_SPLITS) -> dict:
+             batch_size: int = BATCH_SIZE, is_splits: int = M.IS_SPLITS,
+             devices: int | Sequence[jax.Device] | BatchMesh | None = None,
+             fad_inf_steps: int = M.FAD_INF_STEPS, fad_inf_min_n: int = M.FAD_INF_MIN_N,
+             fad_inf_seed: int = FAD_INF_SEED) -> dict:
     """Scores the clips of ``generated_dir`` against those of ``reference_dir``.
 
     Args:
-      metrics: any of ``fad``, ``fd``, ``kl``, ``is``, ``clap``.
-      vggish / panns: paths of ``vggish-10086976.pth`` / ``Cnn14_16k_mAP=0.438.pth`` (needed by fad / fd, kl, is).
-      clap: a CLAP checkpoint folder (pipeline or transformers layout) or a ready ``ClapEmbedder``; needed by clap.
+      metrics: any of ``fad``, ``fd``, ``kl``, ``is``, ``clap`` (the default set) and ``fad_inf``.
+      vggish / panns: paths of ``vggish-10086976.pth`` / ``Cnn14_16k_mAP=0.438.pth`` (needed by fad, fad_inf / fd,
+        kl, is).
+      clap: a CLAP checkpoint folder (pipeline or transformers layout) or a ready ``ClapEmbedder`` (which keeps its
+        own devices); needed by clap.
       prompts: ``{name: prompt}`` (or a JSON file of it) for the CLAP score; default: ``NAME.json`` beside clips.
       cache_dir: where the reference set's features are cached (None: no cache).
-      batch_size: clips per jitted call. is_splits: IS splits (10, as audioldm_eval).
+      batch_size: clips per jitted call, rounded up to a multiple of the device count. is_splits: IS splits (10, as
+        audioldm_eval).
+      devices: what each batch is split over: None (every local device), a count (the first n local devices), a
+        list of devices or a :class:`~audioldm2_jax.eval.placement.BatchMesh`.
+      fad_inf_steps / fad_inf_min_n / fad_inf_seed: fadtk's ``score_inf`` settings (25 sample sizes from 500
+        frames to all generated frames, drawn with replacement) and the seed of its draws.
     Returns:
       a JSON-ready dict: ``metrics`` (``{name: {"value": ..., ...}}``; ``kl`` has ``softmax`` / ``sigmoid``, ``is``
-      ``mean`` / ``std``), ``clips`` (found / used / skipped with names and reasons, per set), ``models`` (file and
-      sha256 prefix), ``settings``.
+      ``mean`` / ``std``, ``fad_inf`` ``slope``, ``r2`` and the ``(n, FAD)`` ``points`` of the fit), ``clips``
+      (found / used / skipped with names and reasons, per set), ``models`` (file and sha256 prefix), ``settings``.
     """
     metrics = [m.strip().lower() for m in metrics]
-    unknown = sorted(set(metrics) - set(METRICS))
+    unknown = sorted(set(metrics) - set(KNOWN_METRICS))
     if unknown or not metrics:
-        raise ValueError(f"unknown metrics {unknown} (known: {', '.join(METRICS)})" if unknown else "no metrics")
+        raise ValueError(f"unknown metrics {unknown} (known: {', '.join(KNOWN_METRICS)})" if unknown else
+                         "no metrics")
+    if "fad_inf" in metrics:
+        _check_fad_inf(fad_inf_min_n + 1, 0, fad_inf_steps, fad_inf_min_n)  # the settings, before any work
+    mesh = devices if isinstance(devices, BatchMesh) else BatchMesh(devices)
     weights = {"vggish": vggish, "panns": panns}
     needed = sorted({_NEEDS[m] for m in metrics if m in _NEEDS})
     extractors = [load_extractor(name, weights[name]) for name in needed]
@@ -395,11 +449,14 @@ def evaluate(generated_dir: str | os.PathLike, reference_dir: str | os.PathLike,
         if clap is None:
             raise ValueError("the CLAP score needs a CLAP checkpoint (--clap PATH: a pipeline or transformers CLAP "
                              "folder)")
-        embedder = load_clap(clap) if isinstance(clap, (str, os.PathLike)) else clap
+        embedder = load_clap(clap, mesh) if isinstance(clap, (str, os.PathLike)) else clap
 
-    gen_models = list(extractors)
-    gen = extract_set(generated_dir, gen_models, "generated", None, batch_size, progress) if extractors else None
-    ref = (extract_set(reference_dir, extractors, "reference", cache_dir, batch_size, progress)
+    gen = (extract_set(generated_dir, extractors, "generated", None, batch_size, progress, mesh)
+           if extractors else None)
+    if "fad_inf" in metrics:  # before the reference set is read: too few frames is known now
+        _check_fad_inf(sum(len(f["vggish"]) for f in gen.features["vggish"]), len(gen.paths), fad_inf_steps,
+                       fad_inf_min_n)
+    ref = (extract_set(reference_dir, extractors, "reference", cache_dir, batch_size, progress, mesh)
            if extractors else None)
 
     results: dict[str, dict] = {}
@@ -407,6 +464,14 @@ def evaluate(generated_dir: str | os.PathLike, reference_dir: str | os.PathLike,
         g = np.concatenate([f["vggish"] for f in gen.features["vggish"]])
         r = np.concatenate([f["vggish"] for f in ref.features["vggish"]])
         results["fad"] = {**_frechet(g, r), "frames_generated": len(g), "frames_reference": len(r)}
+    if "fad_inf" in metrics:
+        g = np.concatenate([f["vggish"] for f in gen.features["vggish"]])
+        r = np.concatenate([f["vggish"] for f in ref.features["vggish"]])
+        fit = M.fad_inf(M.gaussian_stats(r), g, steps=fad_inf_steps, min_n=fad_inf_min_n, rng=fad_inf_seed)
+        results["fad_inf"] = {"value": fit.score, "slope": fit.slope, "r2": fit.r2,
+                              "points": [[n, fad] for n, fad in fit.points], "frames_generated": len(g),
+                              "frames_reference": len(r), "steps": fad_inf_steps, "min_n": fad_inf_min_n,
+                              "seed": fad_inf_seed}
     if "fd" in metrics:
         results["fd"] = _frechet(gen.stack("panns", "embedding"), ref.stack("panns", "embedding"))
     if "kl" in metrics:
@@ -434,12 +499,12 @@ def evaluate(generated_dir: str | os.PathLike, reference_dir: str | os.PathLike,
         if not paths:
             raise ValueError(f"generated folder {generated_dir}: none of its audio files could be read")
         texts = read_prompts(paths, prompts)
-        score = clap_scores(embedder, texts, waves, SAMPLE_RATE, batch_size=batch_size)
+        score = clap_scores(embedder, texts, waves, SAMPLE_RATE, batch_size=embedder.mesh.rows(batch_size))
         results["clap"] = {"value": score.mean, "std": score.std, "clips": len(paths)}
         clips.setdefault("generated", {"found": len(files), "used": len(paths), "skipped": len(skipped),
                                        "skipped_files": [{"file": n, "reason": r} for n, r in skipped]})
         models["clap"] = {"file": os.fspath(clap) if isinstance(clap, (str, os.PathLike)) else type(clap).__name__}
-    settings = dict(SETTINGS, batch_size=batch_size, is_splits=is_splits,
+    settings = dict(SETTINGS, batch_size=mesh.rows(batch_size), is_splits=is_splits, **mesh.describe(),
                     cache_dir=None if cache_dir is None else os.fspath(Path(cache_dir).expanduser()))
     return {"metrics": results, "clips": clips, "models": models, "settings": settings,
             "generated_dir": os.fspath(generated_dir), "reference_dir": os.fspath(reference_dir)}
@@ -457,6 +522,10 @@ def format_table(result: Mapping) -> str:
     if "fad" in m:
         rows.append(("FAD (VGGish)", m["fad"]["value"], f"{m['fad']['frames_generated']} / "
                                                         f"{m['fad']['frames_reference']} frames"))
+    if "fad_inf" in m:
+        f = m["fad_inf"]
+        rows.append(("FAD-inf (VGGish)", f["value"], f"slope {f['slope']:.4g}, r2 {f['r2']:.4f}, {f['steps']} sizes "
+                                                     f"{f['min_n']}..{f['frames_generated']} frames"))
     if "fd" in m:
         rows.append(("FD (PANNs)", m["fd"]["value"], f"eig cross-check {m['fd']['value_eig']:.6g}"))
     if "kl" in m:

@@ -95,6 +95,7 @@ class HeldOutMetrics:
         result = evaluate(generated, reference, metrics=self.metrics, vggish=ev.vggish or None,
                           panns=ev.panns or None, clap=ev.clap or None, prompts=self.prompts,
                           cache_dir=self.root / "cache", progress=False,
+                          devices=list(self.trainer.mesh.local_devices),  # the run's devices, not every device
                           is_splits=min(IS_SPLITS, len(self.names)))  # IS needs a clip per split
         (generated.parent / "metrics.json").write_text(json.dumps(result, indent=2, default=str))
         return flat_values(result["metrics"])
