@@ -284,3 +284,18 @@ def test_generation_metrics_score_clips_generated_from_held_out_captions(tokeniz
     c.init.vocoder = ""
     with pytest.raises(config_lib.ConfigError, match="set init.vocoder"):
         held_out_metrics.HeldOutMetrics(trainer, evaluator.references)
+
+
+def test_a_named_held_out_set_leaves_the_training_data_whole(tmp_path):
+    train_manifest = _manifest(tmp_path / "train.jsonl", [f"t{i}" for i in range(6)])
+    _manifest(tmp_path / "held.jsonl", ["h0", "h1", "h2"])
+    c = _smoke_config(**{"data.source": "manifest", "data.path": train_manifest.manifest,
+                         "eval.path": str(tmp_path / "held.jsonl")})
+    train, held = held_out.split_sources(c)
+    assert [train.clip_identity(i) for i in range(len(train))] == [f"/clips/t{i}.wav" for i in range(6)]
+    assert [held.clip_identity(i) for i in range(len(held))] == ["/clips/h0.wav", "/clips/h1.wav", "/clips/h2.wav"]
+    for overrides, message in (({"eval.tfds_split": "test"}, "not both"),
+                               ({"data.source": "procedural"}, "procedural")):
+        with pytest.raises(config_lib.ConfigError, match=message):
+            held_out.split_sources(testing.override(c.copy_and_resolve_references(), **overrides))
+    assert held_out.split_sources(_smoke_config(**{"eval.every_steps": 0}))[1] is None  # off: nothing held out
