@@ -1,6 +1,7 @@
 """Held-out evaluation during training: the split (a hash of each clip's identity, disjoint from training), the fixed
 draws (stratified timesteps, per-clip noise, the same in any batch) against diffusers' noising, the LDM's held-out
-loss recomputed from its pieces over two batches, and the loop logging eval/<name> identically in a cut-and-resumed run."""
+loss recomputed from its pieces over two batches, every stage's held-out values, the loop logging eval/<name>
+identically in a cut-and-resumed run, and the generation metrics' clips."""
 
 from __future__ import annotations
 
@@ -295,7 +296,8 @@ def test_a_named_held_out_set_leaves_the_training_data_whole(tmp_path):
     assert [train.clip_identity(i) for i in range(len(train))] == [f"/clips/t{i}.wav" for i in range(6)]
     assert [held.clip_identity(i) for i in range(len(held))] == ["/clips/h0.wav", "/clips/h1.wav", "/clips/h2.wav"]
     for overrides, message in (({"eval.tfds_split": "test"}, "not both"),
-                               ({"data.source": "procedural"}, "procedural")):
+                               ({"data.source": "procedural"}, "eval.path names held-out files"),
+                               ({"eval.path": "", "eval.tfds_split": "test"}, "names a TFDS split")):
         with pytest.raises(config_lib.ConfigError, match=message):
             held_out.split_sources(testing.override(c.copy_and_resolve_references(), **overrides))
     assert held_out.split_sources(_smoke_config(**{"eval.every_steps": 0}))[1] is None  # off: nothing held out

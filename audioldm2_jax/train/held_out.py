@@ -84,13 +84,13 @@ def split_sources(config) -> tuple[Any, Any]:
         if ev.path and ev.tfds_split:
             raise ConfigError("config error: set eval.path (a manifest or ArrayRecord location) or eval.tfds_split, "
                               "not both")
-        kind = "tfds" if ev.tfds_split else data.source
-        if kind == "procedural":
-            raise ConfigError("config error: eval.path names held-out files, but data.source='procedural' has none; "
-                              "leave it empty to hold out procedural clips")
-        if ev.path and data.source == "tfds":
-            raise ConfigError("config error: data.source='tfds' takes its held-out clips from eval.tfds_split "
-                              "(e.g. 'test'), not eval.path")
+        if ev.tfds_split and data.source != "tfds":
+            raise ConfigError(f"config error: eval.tfds_split={ev.tfds_split!r} names a TFDS split, but "
+                              f"data.source={data.source!r}; use eval.path for held-out files")
+        if ev.path and data.source not in ("manifest", "array_record"):
+            raise ConfigError(f"config error: eval.path names held-out files, which data.source={data.source!r} does "
+                              "not read: TFDS takes eval.tfds_split (e.g. 'test'); leave both empty to hold out "
+                              "procedural clips")
         held = make_source(dataclasses.replace(data, path=ev.path or data.path, split=ev.tfds_split or data.split))
         return source, held
     try:
@@ -105,7 +105,8 @@ class HeldOutEvaluator:
 
     def __init__(self, trainer, source):
         """Reads the held-out ``source`` once: batches of ``eval.batch_size`` (default the training batch, or fewer when
-        the split is smaller) in a fixed order, with the clips' starts (no random crop) and fixed captions; a last partial batch is left out."""
+        the split is smaller) in a fixed order, with the clips' starts (no random crop) and fixed captions; a last
+        partial batch is left out."""
         config = trainer.config
         ev = config.eval
         self.trainer = trainer
