@@ -19,7 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from audioldm2_jax.models.layers import dense, dot_product_attention, embed, layer_norm, transformers_activation
+from audioldm2_jax.models.layers import (REMAT_POLICIES, dense, dot_product_attention, embed, layer_norm, remat_block,
+                                         transformers_activation)
 from audioldm2_jax.parallel.partitioning import constrain
 
 Dtype = Any
@@ -48,8 +49,13 @@ class GPT2Config:
     reorder_and_upcast_attn: bool = False
     add_cross_attention: bool = False
     max_new_tokens: int = 8  # the pipeline's default generation length, stored in the checkpoint config
+    # What the backward pass keeps of each transformer block (a name of layers.REMAT_POLICIES): a training choice,
+    # not part of the network, so it is neither written to nor read from a transformers config.json.
+    remat: str = "none"
 
     def __post_init__(self):
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"GPT-2 config: remat={self.remat!r} is not one of {', '.join(REMAT_POLICIES)}")
         transformers_activation(self.activation_function, "GPT-2 config: activation_function")
         for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "max_new_tokens"):
             value = getattr(self, key)
@@ -83,7 +89,7 @@ class GPT2Config:
                 return d[key]
             return d[aliases[key]] if aliases.get(key) in d else getattr(defaults, key)
 
-        kw = {key: get(key) for key in cls.__dataclass_fields__ if key != "max_new_tokens"}
+        kw = {key: get(key) for key in cls.__dataclass_fields__ if key not in _NOT_TRANSFORMERS_KEYS}
         if isinstance(kw["layer_norm_epsilon"], int) and not isinstance(kw["layer_norm_epsilon"], bool):
             kw["layer_norm_epsilon"] = float(kw["layer_norm_epsilon"])
         return cls(**kw, max_new_tokens=d.get("max_new_tokens") or defaults.max_new_tokens)
@@ -93,10 +99,15 @@ class GPT2Config:
         ``language_model``) with exactly this model, as its ``save_pretrained`` writes it: every field here, the
         output head tied to ``wte``, ``max_new_tokens`` (read by the pipeline), and transformers' defaults for
         dropout and initialisation. The inverse of :meth:`from_transformers`."""
-        fields = {key: getattr(self, key) for key in self.__dataclass_fields__}
+        fields = {key: getattr(self, key) for key in self.__dataclass_fields__ if key != "remat"}
         return dict(architectures=["GPT2LMHeadModel"], model_type="gpt2", **fields, tie_word_embeddings=True,
                     resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1, initializer_range=0.02, use_cache=True,
                     dtype="float32")
+
+
+# Fields that transformers' GPT2Config does not have: the pipeline's generation length (read separately, from the
+# generation settings the checkpoint config carries) and the training-only remat policy (never read).
+_NOT_TRANSFORMERS_KEYS = ("max_new_tokens", "remat")
 
 
 class GPT2Attention(nn.Module):
@@ -195,7 +206,8 @@ class GPT2Model(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self.wte = embed(cfg.vocab_size, cfg.n_embd, ("vocab", "embed"), **kw)
         self.wpe = embed(cfg.n_positions, cfg.n_embd, ("position", "embed"), **kw)
-        self.h = [GPT2Block(cfg, i, **kw) for i in range(cfg.n_layer)]
+        block = remat_block(GPT2Block, cfg.remat)
+        self.h = [block(cfg, i, **kw) for i in range(cfg.n_layer)]
         self.ln_f = layer_norm(cfg.layer_norm_epsilon, **kw)
 
     def _embed(self, inputs_embeds, input_ids, positions, token_type_ids=None):

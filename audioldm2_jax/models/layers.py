@@ -137,10 +137,14 @@ def use_attention(name: str):
 
 # Rematerialisation of a network's repeated blocks, by name: what the backward pass keeps from the forward pass of
 # each block ("none": everything, no remat; "full": only the block's inputs, all else recomputed; "save_dots": the
-# matmul / convolution outputs; "save_dots_no_batch": those without a batch dimension, i.e. weights-only products).
+# matmul / convolution outputs; "save_dots_no_batch": those without a batch dimension, i.e. weights-only products;
+# "offload_dots_no_batch": those same products, kept in pinned host memory instead of the accelerator's until the
+# backward pass reads them back: a platform without a "pinned_host" memory space fails to compile it).
 REMAT_POLICIES = {"none": None, "full": jax.checkpoint_policies.nothing_saveable,
                   "save_dots": jax.checkpoint_policies.checkpoint_dots,
-                  "save_dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+                  "save_dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                  "offload_dots_no_batch": jax.checkpoint_policies.offload_dot_with_no_batch_dims("device",
+                                                                                                  "pinned_host")}
 
 
 def check_remat(name: str) -> str:

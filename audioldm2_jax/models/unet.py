@@ -15,8 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from audioldm2_jax.models.layers import (Downsample2D, ResnetBlock2D, TimestepEmbedding, Transformer2D, Upsample2D,
-                                         conv, group_norm, timestep_embedding)
+from audioldm2_jax.models.layers import (REMAT_POLICIES, Downsample2D, ResnetBlock2D, TimestepEmbedding, Transformer2D,
+                                         Upsample2D, conv, group_norm, remat_block, timestep_embedding)
 from audioldm2_jax.parallel.partitioning import constrain
 
 Dtype = Any
@@ -82,8 +82,13 @@ class UNetConfig:
     # height the pipeline derives its default duration from (the reference's ``sample_size``; None: not given).
     use_linear_projection: bool = False
     sample_size: int | tuple[int, ...] | None = None
+    # What the backward pass keeps of each ResNet and Transformer2D (a name of layers.REMAT_POLICIES): a training
+    # choice, not part of the network, so it is not written to (nor read from) a diffusers config.json.
+    remat: str = "none"
 
     def __post_init__(self):
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"UNet config: remat={self.remat!r} is not one of {', '.join(REMAT_POLICIES)}")
         n = len(self.block_out_channels)
         for name in ("down_block_types", "up_block_types", "layers_per_block", "cross_attention_dim",
                      "transformer_layers_per_block", "num_heads"):
@@ -279,22 +284,24 @@ class _Block(nn.Module):
     eps: float
     sampler: str | None  # "down", "up" or None
     downsample_padding: int = 1
+    remat: str = "none"  # the policy each ResNet and Transformer2D runs under (layers.REMAT_POLICIES)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, temb, streams, skips=None, upsample_size=None):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        resnet, transformer = remat_block(ResnetBlock2D, self.remat), remat_block(Transformer2D, self.remat)
         outputs = []
         for i in range(self.num_resnets):
             if skips is not None:
                 x = jnp.concatenate([x, skips.pop()], axis=-1)
-            x = ResnetBlock2D(self.out_channels, groups=self.groups, eps=self.eps, name=f"resnets_{i}", **kw)(x, temb)
+            x = resnet(self.out_channels, groups=self.groups, eps=self.eps, name=f"resnets_{i}", **kw)(x, temb)
             for j, dim in enumerate(self.cross_dims or ()):
                 ctx, bias = _stream_for(j, dim, streams)
-                x = Transformer2D(self.heads, cross_attention=dim is not None, num_layers=self.transformer_layers,
-                                  norm_groups=self.groups, name=f"attentions_{i * len(self.cross_dims) + j}",
-                                  **kw)(x, ctx, bias)
+                x = transformer(self.heads, cross_attention=dim is not None, num_layers=self.transformer_layers,
+                                norm_groups=self.groups, name=f"attentions_{i * len(self.cross_dims) + j}",
+                                **kw)(x, ctx, bias)
             outputs.append(x)
         if self.sampler == "down":
             x = Downsample2D(self.out_channels, padding=self.downsample_padding, name="downsamplers_0", **kw)(x)
@@ -312,19 +319,21 @@ class _MidBlock(nn.Module):
     groups: int
     eps: float
     output_scale_factor: float = 1.0
+    remat: str = "none"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, temb, streams):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        resnet, transformer = remat_block(ResnetBlock2D, self.remat), remat_block(Transformer2D, self.remat)
         res = dict(groups=self.groups, eps=self.eps, output_scale_factor=self.output_scale_factor, **kw)
-        x = ResnetBlock2D(self.channels, name="resnets_0", **res)(x, temb)
+        x = resnet(self.channels, name="resnets_0", **res)(x, temb)
         for j, dim in enumerate(self.cross_dims):
             ctx, bias = _stream_for(j, dim, streams)
-            x = Transformer2D(self.heads, cross_attention=dim is not None, num_layers=self.transformer_layers,
-                              norm_groups=self.groups, name=f"attentions_{j}", **kw)(x, ctx, bias)
-        return ResnetBlock2D(self.channels, name="resnets_1", **res)(x, temb)
+            x = transformer(self.heads, cross_attention=dim is not None, num_layers=self.transformer_layers,
+                            norm_groups=self.groups, name=f"attentions_{j}", **kw)(x, ctx, bias)
+        return resnet(self.channels, name="resnets_1", **res)(x, temb)
 
 
 def mask_to_bias(mask: jax.Array | None, dtype=jnp.float32) -> jax.Array | None:
@@ -374,13 +383,13 @@ class AudioLDM2UNet(nn.Module):
                 cfg.block_out_channels[i], cfg.layers_per_block[i],
                 cfg.cross_attention_dim[i] if kind == "CrossAttnDownBlock2D" else None, cfg.num_heads[i],
                 cfg.transformer_layers_per_block[i], cfg.norm_num_groups, cfg.norm_eps,
-                sampler="down" if i < n - 1 else None, downsample_padding=cfg.downsample_padding,
+                sampler="down" if i < n - 1 else None, downsample_padding=cfg.downsample_padding, remat=cfg.remat,
                 name=f"down_blocks_{i}", **kw)(x, temb, streams)
             skips.extend(outputs)
 
         x = _MidBlock(cfg.block_out_channels[-1], cfg.cross_attention_dim[-1], cfg.num_heads[-1],
                       cfg.transformer_layers_per_block[-1], cfg.norm_num_groups, cfg.norm_eps,
-                      cfg.mid_block_scale_factor, name="mid_block", **kw)(x, temb, streams)
+                      cfg.mid_block_scale_factor, cfg.remat, name="mid_block", **kw)(x, temb, streams)
 
         rev = lambda seq: tuple(reversed(seq))
         for i, kind in enumerate(cfg.up_block_types):
@@ -393,7 +402,7 @@ class AudioLDM2UNet(nn.Module):
                 rev(cfg.block_out_channels)[i], num_resnets,
                 rev(cfg.cross_attention_dim)[i] if kind == "CrossAttnUpBlock2D" else None, rev(cfg.num_heads)[i],
                 rev(cfg.transformer_layers_per_block)[i], cfg.norm_num_groups, cfg.norm_eps,
-                sampler="up" if i < n - 1 else None, name=f"up_blocks_{i}", **kw)(
+                sampler="up" if i < n - 1 else None, remat=cfg.remat, name=f"up_blocks_{i}", **kw)(
                     x, temb, streams, skips=list(block_skips), upsample_size=size)
 
         x = nn.silu(group_norm(cfg.norm_num_groups, cfg.norm_eps, name="conv_norm_out", **kw)(x))

@@ -26,8 +26,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from audioldm2_jax.models.layers import (Downsample2D, ResnetBlock2D, Upsample2D, conv, dense,
-                                         dot_product_attention, group_norm)
+from audioldm2_jax.models.layers import (REMAT_POLICIES, Downsample2D, ResnetBlock2D, Upsample2D, conv, dense,
+                                         dot_product_attention, group_norm, remat_block)
 from audioldm2_jax.parallel.partitioning import constrain
 
 Dtype = Any
@@ -57,8 +57,13 @@ class VAEConfig:
     use_quant_conv: bool = True
     use_post_quant_conv: bool = True
     mid_block_add_attention: bool = True
+    # What the backward pass keeps of each encoder / decoder ResNet and the mid-block attention (a name of
+    # layers.REMAT_POLICIES): a training choice, not part of the network, so not in the diffusers config.json.
+    remat: str = "none"
 
     def __post_init__(self):
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"VAE config: remat={self.remat!r} is not one of {', '.join(REMAT_POLICIES)}")
         n = len(self.block_out_channels)
         if n == 0:
             raise ValueError("VAE config: block_out_channels is empty")
@@ -84,7 +89,7 @@ class VAEConfig:
     @classmethod
     def from_diffusers(cls, d: dict) -> "VAEConfig":
         """From an ``AutoencoderKL`` ``config.json`` dict. Unknown keys and unsupported values raise ValueError."""
-        fields = {f.name for f in dataclasses.fields(cls)}
+        fields = {f.name for f in dataclasses.fields(cls)} - {"remat"}  # remat is no diffusers key
         unknown = sorted(k for k in d if not k.startswith("_") and k not in fields and k not in _IGNORED_KEYS
                          and k != "act_fn")
         if unknown:
@@ -191,6 +196,7 @@ class MidBlock(nn.Module):
 
     groups: int
     add_attention: bool = True
+    remat: str = "none"  # the policy each ResNet and the attention run under (layers.REMAT_POLICIES)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -198,10 +204,11 @@ class MidBlock(nn.Module):
     def __call__(self, x):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         c = x.shape[-1]
-        x = ResnetBlock2D(c, groups=self.groups, eps=VAE_NORM_EPS, name="resnets_0", **kw)(x)
+        resnet = remat_block(ResnetBlock2D, self.remat)
+        x = resnet(c, groups=self.groups, eps=VAE_NORM_EPS, name="resnets_0", **kw)(x)
         if self.add_attention:
-            x = SpatialSelfAttention(self.groups, name="attentions_0", **kw)(x)
-        x = ResnetBlock2D(c, groups=self.groups, eps=VAE_NORM_EPS, name="resnets_1", **kw)(x)
+            x = remat_block(SpatialSelfAttention, self.remat)(self.groups, name="attentions_0", **kw)(x)
+        x = resnet(c, groups=self.groups, eps=VAE_NORM_EPS, name="resnets_1", **kw)(x)
         return constrain(x, _SPATIAL)
 
 
@@ -214,14 +221,16 @@ class ResnetBlocks(nn.Module):
     num_layers: int
     groups: int
     resample: str | None = None
+    remat: str = "none"  # the policy each ResNet runs under (layers.REMAT_POLICIES)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        resnet = remat_block(ResnetBlock2D, self.remat)
         for j in range(self.num_layers):
-            x = ResnetBlock2D(self.out_channels, groups=self.groups, eps=VAE_NORM_EPS, name=f"resnets_{j}", **kw)(x)
+            x = resnet(self.out_channels, groups=self.groups, eps=VAE_NORM_EPS, name=f"resnets_{j}", **kw)(x)
         if self.resample == "down":
             x = Downsample2D(self.out_channels, padding=0, name="downsamplers_0", **kw)(x)
         elif self.resample == "up":
@@ -244,8 +253,8 @@ class Encoder(nn.Module):
         last = len(cfg.block_out_channels) - 1
         for i, channels in enumerate(cfg.block_out_channels):
             x = ResnetBlocks(channels, cfg.layers_per_block, cfg.norm_num_groups, "down" if i != last else None,
-                             name=f"down_blocks_{i}", **kw)(x)
-        x = MidBlock(cfg.norm_num_groups, cfg.mid_block_add_attention, name="mid_block", **kw)(x)
+                             cfg.remat, name=f"down_blocks_{i}", **kw)(x)
+        x = MidBlock(cfg.norm_num_groups, cfg.mid_block_add_attention, cfg.remat, name="mid_block", **kw)(x)
         x = nn.silu(group_norm(cfg.norm_num_groups, VAE_NORM_EPS, name="conv_norm_out", **kw)(x))
         return conv(2 * cfg.latent_channels, 3, padding=1, name="conv_out", **kw)(x)
 
@@ -263,10 +272,10 @@ class Decoder(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         channels = tuple(reversed(cfg.block_out_channels))
         x = conv(channels[0], 3, padding=1, name="conv_in", **kw)(z)
-        x = MidBlock(cfg.norm_num_groups, cfg.mid_block_add_attention, name="mid_block", **kw)(x)
+        x = MidBlock(cfg.norm_num_groups, cfg.mid_block_add_attention, cfg.remat, name="mid_block", **kw)(x)
         for i, ch in enumerate(channels):
             x = ResnetBlocks(ch, cfg.layers_per_block + 1, cfg.norm_num_groups,
-                             "up" if i != len(channels) - 1 else None, name=f"up_blocks_{i}", **kw)(x)
+                             "up" if i != len(channels) - 1 else None, cfg.remat, name=f"up_blocks_{i}", **kw)(x)
         x = nn.silu(group_norm(cfg.norm_num_groups, VAE_NORM_EPS, name="conv_norm_out", **kw)(x))
         return conv(cfg.out_channels, 3, padding=1, name="conv_out", **kw)(x)
 

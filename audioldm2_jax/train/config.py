@@ -499,8 +499,11 @@ def clap_config(config) -> ClapConfig:
 
 
 def set_model_config(config, name: str, instance) -> None:
-    """Writes a dataclass (e.g. read from a checkpoint) into ``config.model.<name>``."""
+    """Writes a dataclass (e.g. read from a checkpoint) into ``config.model.<name>``. The section's ``remat`` stays:
+    it is how this run trains the network, not part of the architecture a checkpoint records."""
     values = _clap_dict(instance) if name == "clap" else _dataclass_dict(instance)
+    if "remat" in values and "remat" in config.model.get(name, {}):
+        values["remat"] = config.model[name].remat
     config.model[name] = ml_collections.ConfigDict(values, type_safe=False)
 
 
