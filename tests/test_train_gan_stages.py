@@ -90,6 +90,20 @@ def test_vocoder_learns_the_mel_to_waveform_map(tmp_path):
     assert not any((tmp_path / "export" / name).exists() for name in ("mpd", "msd"))
 
 
+def test_vocoder_without_adversarial_terms_trains_the_generator_alone(tmp_path):
+    """adv_weight = feature_weight = 0: no discriminator is built or trained, and the loss is the spectral terms."""
+    c = testing.override(testing.micro_config("vocoder"), **{
+        "vocoder.adv_weight": 0.0, "vocoder.feature_weight": 0.0, "vocoder.segment_frames": 16,
+        "vocoder.stft_weight": 2.0, "vocoder.stft_resolutions": ((256, 64), (1024, 256))})
+    c.num_steps = 2
+    trainer = Trainer.build(c, tmp_path, devices=jax.devices()[:1])
+    assert trainer.stage.groups == ("generator",)
+    trainer.run()
+    for row in read_jsonl(tmp_path / "metrics.jsonl"):  # one group: its metrics carry no group prefix
+        assert row["loss"] == pytest.approx(45.0 * row["mel_l1"] + 2.0 * row["stft"], rel=1e-5)
+        assert "adv" not in row and not any(key.startswith("discriminator/") for key in row)
+
+
 def test_vocoder_segment_longer_than_the_clip_is_a_config_error(tmp_path):
     c = testing.micro_config("vocoder")
     c.model.discriminator = HIFIGAN_DISC

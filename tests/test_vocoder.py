@@ -201,3 +201,26 @@ def test_fold_legacy_weight_norm():
     folded = fold_weight_norm(state)
     assert set(folded) == {"up.bias", "up.weight"}
     np.testing.assert_allclose(folded["up.weight"], layer.weight.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_a_steady_spectrogram_renders_a_hop_periodic_waveform(tmp_path):
+    """Why the quickstart's audio pitch check reads at chance (docs/training.md): HiFi-GAN is equivariant to a shift
+    of one frame in, ``hop`` samples out, so on a mel that is the same in every frame (a held note of a steady tone)
+    its output away from the edges repeats every ``hop`` samples: only multiples of ``sample_rate / hop`` (100 Hz for
+    the pipeline) can sound, whatever the weights. Checked on the reference itself and on ours."""
+    ref = _reference(2, base=SMALL)
+    ref.save_pretrained(tmp_path)
+    config, params, _ = components.load("vocoder", tmp_path)
+    hop = int(np.prod(config.upsample_rates))
+    frame = np.random.default_rng(3).normal(size=(1, 1, config.model_in_dim)).astype(np.float32)
+    mel = np.repeat(frame, 48, axis=1)
+    with torch.no_grad():
+        theirs = ref(torch.from_numpy(mel)).numpy()[0]
+    ours = np.asarray(_vocode(config)(params, mel))[0]
+    for wave in (theirs, ours):
+        interior = wave[16 * hop:32 * hop]
+        assert np.abs(interior).max() > 1e-3
+        # a period of hop samples; a period of hop - 1 or hop + 1 (what another pitch needs) does not hold
+        assert np.abs(interior[hop:] - interior[:-hop]).max() <= 1e-5 * np.abs(interior).max()
+        for other in (hop - 1, hop + 1):
+            assert np.abs(interior[other:] - interior[:-other]).max() > 0.1 * np.abs(interior).max()

@@ -64,6 +64,11 @@ class VocoderStage(Stage):
         self.adv_weight = float(v.adv_weight)
         self.stft_weight = float(v.get("stft_weight", 0.0))
         self.stft_resolutions = tuple((int(n), int(h)) for n, h in v.get("stft_resolutions", ()))
+        # Without adversarial and feature-matching terms the discriminators would train for nothing: the run has
+        # the generator alone (spectral losses only), and its checkpoints hold no discriminator.
+        self.adversarial = self.adv_weight > 0 or self.feature_weight > 0
+        if not self.adversarial:
+            self.group_components = {"generator": ("vocoder",)}
         self.vocoder = HifiGanVocoder(self.model_configs["vocoder"], dtype=dtype)
         disc = config.model.discriminator.to_dict() if hasattr(config.model.discriminator, "to_dict") \
             else dict(config.model.discriminator)
@@ -103,9 +108,16 @@ class VocoderStage(Stage):
 
     def loss(self, group, params, frozen, extras, batch, rng, step, options):
         mel_seg, wave_seg = random_segments(rng, batch["log_mel"], batch["waveform"], self.segment)
-        disc = params["discriminator"]
         if group == "generator":
             fake = self._generate(params["generator"]["vocoder"], mel_seg)
+            mel_l1 = gan_losses.mel_l1_loss(differentiable_log_mel(wave_seg), differentiable_log_mel(fake))
+            loss, parts = self.mel_weight * mel_l1, {"mel_l1": mel_l1}
+            if self.stft_weight > 0:
+                parts["stft"] = gan_losses.multi_resolution_stft_loss(wave_seg, fake, self.stft_resolutions)
+                loss = loss + self.stft_weight * parts["stft"]
+            if not self.adversarial:
+                return loss, parts
+            disc = params["discriminator"]
             mpd_params, msd_params = (jax.lax.stop_gradient(disc[k]) for k in ("mpd", "msd"))
             mpd_real, mpd_fmaps_real = self.mpd.apply({"params": mpd_params}, wave_seg)
             mpd_fake, mpd_fmaps_fake = self.mpd.apply({"params": mpd_params}, fake)
@@ -114,13 +126,9 @@ class VocoderStage(Stage):
             adv = gan_losses.lsgan_g_loss(mpd_fake) + gan_losses.lsgan_g_loss(msd_fake)
             features = (gan_losses.feature_matching_loss(mpd_fmaps_real, mpd_fmaps_fake, self.feature_weight)
                         + gan_losses.feature_matching_loss(msd_fmaps_real, msd_fmaps_fake, self.feature_weight))
-            mel_l1 = gan_losses.mel_l1_loss(differentiable_log_mel(wave_seg), differentiable_log_mel(fake))
-            loss = self.adv_weight * adv + features + self.mel_weight * mel_l1
-            parts = {"mel_l1": mel_l1, "adv": adv, "feature_matching": features}
-            if self.stft_weight > 0:
-                parts["stft"] = gan_losses.multi_resolution_stft_loss(wave_seg, fake, self.stft_resolutions)
-                loss = loss + self.stft_weight * parts["stft"]
-            return loss, parts
+            parts.update(adv=adv, feature_matching=features)
+            return loss + self.adv_weight * adv + features, parts
+        disc = params["discriminator"]
         fake = jax.lax.stop_gradient(self._generate(params["generator"]["vocoder"], mel_seg))
         mpd_real, _ = self.mpd.apply({"params": disc["mpd"]}, wave_seg)
         mpd_fake, _ = self.mpd.apply({"params": disc["mpd"]}, fake)
