@@ -27,6 +27,11 @@ negative T5 prompt is padded / truncated to the positive prompts' length; the sp
 stream is all zeros with a zero mask; the LOA positions run on contiguously after the (padded) prompt. Where the
 reference has a bug it is fixed and said so: waveforms are ranked against their own prompt only.
 
+Audio to audio (``transfer``, ``inpaint``, ``super_resolve``, ``continue_audio``; :mod:`audioldm2_jax.editing`,
+docs/audio_to_audio.md): the input's VAE latent enters the same ``sample`` program, as the noised start of a
+transfer (a sampler plan cut at diffusers' image-to-image ``t_start``) or as the known cells re-imposed inside the
+loop; clips longer than ``decode_chunking.above_s`` are decoded window by window inside it.
+
 Noise: prompt p's k-th waveform starts from ``normal(fold_in(key(seed_p), k))`` (``initial_latents``, drawn in a
 small compiled function of its own), so a clip depends on its own seed only, not on the batch it was generated in.
 """
@@ -49,7 +54,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from audioldm2_jax import components
+from audioldm2_jax import components, editing
+from audioldm2_jax.audio import mel as mel_lib
 from audioldm2_jax.audio.clap_features import ClapFeatureConfig, clap_audio_inputs, resample_for_clap
 from audioldm2_jax.compilation import compile_lowered
 from audioldm2_jax.convert import clap as clap_convert
@@ -86,6 +92,13 @@ _MAX_REAL_TOKENIZER_LENGTH = 4096
 
 
 @dataclasses.dataclass(frozen=True)
+class _EditInputs:
+    plan: editing.EditPlan
+    known: np.ndarray  # [Bn, T/f, W, C] the input's scaled VAE latents, one row per output row
+    keep: np.ndarray | None  # [Bn, T/f, W, 1] bool, True = known (re-imposed); None for a transfer
+
+
+@dataclasses.dataclass(frozen=True)
 class _Request:
     prompts: tuple[str, ...]
     negative_prompts: tuple[str, ...] | None  # None without guidance
@@ -100,6 +113,7 @@ class _Request:
     latents: np.ndarray | None  # [Bn, T/f, W, C] channels-last, float32
     max_new_tokens: int
     tokens: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)  # AudioLDM2Pipeline.tokenize's output
+    edit: _EditInputs | None = None  # audio-to-audio: the input latents and what the loop does with them
 
     @property
     def cfg(self) -> bool:
@@ -145,6 +159,45 @@ class Generation:
     timings: Timings
 
 
+@dataclasses.dataclass(frozen=True)
+class Edit(Generation):
+    """What the audio-to-audio methods (``transfer``, ``inpaint``, ``super_resolve``, ``continue_audio``) return:
+    a :class:`Generation` and what it was made from.
+
+    Attributes (beyond :class:`Generation`'s; I inputs, one per prompt or one for all):
+      latents: float32 ``[B * n, C, T/f, W]`` the final latents (reference layout), same row order as waveforms.
+      input_latents: float32 ``[I, C, T/f, W]`` the input's scaled VAE latents (zeros beyond a continued prefix).
+      input_waveform: float32 ``[I, samples]`` the input as edited: mono, 16 kHz, normalised, cut / padded.
+      input_log_mel: float32 ``[I, frames, mel_bins]`` its log-mel (the VAE encoder's input).
+      regenerate: bool ``[I, T/f, W]`` the latent cells that were generated (None for a transfer).
+      start_step: the first step of the sampler's plan that ran (a transfer's ``t_start``; 0 otherwise).
+      cutoff_hz: per input, the bandwidth above which ``super_resolve`` regenerated (None otherwise).
+    """
+
+    latents: np.ndarray = None
+    input_latents: np.ndarray = None
+    input_waveform: np.ndarray = None
+    input_log_mel: np.ndarray = None
+    regenerate: np.ndarray | None = None
+    start_step: int = 0
+    cutoff_hz: tuple[float, ...] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeChunking:
+    """How long clips are decoded (VAE decoder, then vocoder) in overlapping windows, so that memory stays bounded
+    (:func:`audioldm2_jax.editing.decode_in_chunks`). Clips longer than ``above_s`` (default: three windows) are
+    chunked; ``window_s`` (default: the checkpoint's default duration, 10.24 s, the length the VAE and vocoder were
+    trained on) is kept from each window, ``margin_s`` of context decoded on each side and cropped, and neighbours
+    cross-faded over ``crossfade_s``. Set ``AudioLDM2Pipeline.decode_chunking`` to another instance (or None: never
+    chunk)."""
+
+    window_s: float | None = None
+    margin_s: float = 1.28
+    crossfade_s: float = 0.32
+    above_s: float | None = None
+
+
 class NonFiniteOutputError(FloatingPointError):
     """The sampling program returned NaN or infinite values: the model diverged (a NaN weight, float16 overflow,
     latents too large). Raised by ``AudioLDM2Pipeline.generate`` / ``__call__`` instead of returning them.
@@ -185,7 +238,13 @@ class AudioLDM2Pipeline:
     With ``mesh`` (see ``parallel.partitioning.make_mesh``), every parameter is placed by its logical axis names
     under ``rules`` and the batch is split over the mesh axes of ``act_batch`` when they divide it (otherwise it is
     replicated, with a log line saying so).
+
+    Recordings are edited with :meth:`transfer` (text-guided style transfer), :meth:`inpaint`,
+    :meth:`super_resolve` and :meth:`continue_audio`; clips longer than ``decode_chunking.above_s`` are decoded in
+    overlapping windows (:class:`DecodeChunking`).
     """
+
+    decode_chunking: DecodeChunking | None = DecodeChunking()
 
     def __init__(self, *, unet: tuple[UNetConfig, dict], vae: tuple[VAEConfig, dict],
                  vocoder: tuple[VocoderConfig, dict], text_encoder: tuple[ClapConfig, dict],
@@ -435,12 +494,16 @@ class AudioLDM2Pipeline:
             carries the outputs, so that a batch job can keep the other prompts' waveforms.
         """
         start = time.perf_counter()
-        timings = Timings()
         request = self._validate(prompt, negative_prompt, transcription, audio_length_in_s, num_inference_steps,
                                  guidance_scale, num_waveforms_per_prompt, scheduler, eta, seed, latents,
                                  max_new_tokens)
+        return self._generate(request, Timings(), start)[0]
+
+    def _generate(self, request: _Request, timings: Timings, start: float) -> tuple[Generation, np.ndarray]:
+        """encode -> sample -> rank for a validated request: the :class:`Generation` and the final latents
+        ``[B * n, T/f, W, C]`` (channels-last), rows in the same order."""
         text_embeds, conditioning = self._encode(request, timings)
-        waveforms, log_mel = self._sample(request, conditioning, timings)
+        waveforms, log_mel, latents = self._sample(request, conditioning, timings)
         bad_mel = ~np.isfinite(log_mel).reshape(log_mel.shape[0], -1).all(axis=1)
         bad = bad_mel | ~np.isfinite(waveforms).all(axis=1)
         order = None
@@ -449,10 +512,11 @@ class AudioLDM2Pipeline:
             # with a diverged waveform are not returned anyway).
             order = self._rank(request, text_embeds, np.where(bad[:, None], np.float32(0), waveforms), timings)
             waveforms, log_mel, bad, bad_mel = waveforms[order], log_mel[order], bad[order], bad_mel[order]
+            latents = latents[order]
         timings.total = time.perf_counter() - start
         if bad.any():
             raise _non_finite_error(request, bad, bad_mel, waveforms, log_mel, timings)
-        return Generation(waveforms=waveforms, log_mel=log_mel, ranking=order, timings=timings)
+        return Generation(waveforms=waveforms, log_mel=log_mel, ranking=order, timings=timings), latents
 
     def __call__(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None,
                  transcription: str | Sequence[str] | None = None, audio_length_in_s: float | None = None,
@@ -465,6 +529,198 @@ class AudioLDM2Pipeline:
         out = self.generate(prompt, negative_prompt, transcription, audio_length_in_s, num_inference_steps,
                             guidance_scale, num_waveforms_per_prompt, scheduler, eta, seed, latents, max_new_tokens)
         return (out.waveforms, out.log_mel) if return_mel else out.waveforms
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Audio to audio
+    # ------------------------------------------------------------------------------------------------------------
+
+    def transfer(self, audio, prompt: str | Sequence[str], strength: float = 0.5, **options) -> Edit:
+        """Text-guided style transfer (SDEdit, as AudioLDM's ``style_transfer``): the input's VAE latent noised to
+        the sampler's step ``t_start`` and denoised from there with ``prompt``. The steps are diffusers'
+        image-to-image ``get_timesteps``: ``t_start = S - min(int(S * strength), S)``, timesteps
+        ``scheduler.timesteps[t_start:]`` (:func:`audioldm2_jax.editing.strength_plan`); strength 0 runs no step
+        (the VAE's reconstruction of the input), 1 the whole schedule from the input noised to its first timestep.
+
+        ``audio``: a file path or an array (``audio_sampling_rate``, default 16 kHz), or a list of one per prompt;
+        ``options``: see :meth:`_edit` (prompt-side options as :meth:`generate`, ``audio_length_in_s`` defaulting
+        to the input's length). Returns an :class:`Edit`."""
+        strength = editing.check_strength(strength)
+        return self._edit("transfer", audio, prompt, strength=strength, **options)
+
+    def inpaint(self, audio, prompt: str | Sequence[str], mask=None, blend_s: float = 0.0, **options) -> Edit:
+        """Regenerates the masked part of a recording, keeping the rest (AudioLDM's masked DDIM: before every step
+        the known latent cells are set to the input's latent noised to that step; after the last, to the input's
+        latent itself).
+
+        ``mask`` (True = regenerate): an :class:`audioldm2_jax.editing.TimeSpan` / ``(start_s, end_s)``, a
+        :class:`audioldm2_jax.editing.FrequencyBand` (Hz), a boolean log-mel mask ``[frames, mel_bins]`` (one for
+        all inputs, or a list of one per input), or None: the 40-60 % span of the clip (AudioLDM 2's default).
+        ``blend_s`` > 0 (time masks only): the output is the input waveform outside the regenerated span, cross-faded
+        linearly into the generated audio over ``blend_s`` seconds at its edges. Other options: :meth:`_edit`."""
+        return self._edit("inpaint", audio, prompt, mask=mask, blend_s=blend_s, **options)
+
+    def super_resolve(self, audio, prompt: str | Sequence[str], cutoff_hz: float | None = None, **options) -> Edit:
+        """Bandwidth extension: the mel bins above ``cutoff_hz`` are regenerated, the ones below kept (inpainting
+        in frequency, as AudioLDM's super-resolution). The input may have any sample rate; without ``cutoff_hz``
+        each input's bandwidth is detected (:func:`audioldm2_jax.editing.detect_bandwidth`). Options:
+        :meth:`_edit`."""
+        return self._edit("sr", audio, prompt, cutoff_hz=cutoff_hz, **options)
+
+    def continue_audio(self, audio, prompt: str | Sequence[str], seconds: float = 5.0, blend_s: float = 0.0,
+                       **options) -> Edit:
+        """Continues a recording by ``seconds``: the input is the known prefix (its whole latent frames, encoded on
+        their own, re-imposed at every step), the rest is generated. ``blend_s``: as :meth:`inpaint`'s. Options:
+        :meth:`_edit` (the duration is the input's plus ``seconds``)."""
+        seconds = editing.check_number(seconds, "seconds")
+        if seconds <= 0:
+            raise ValueError(f"seconds={seconds:g} must be > 0: how much audio to add after the input")
+        return self._edit("continue", audio, prompt, seconds=seconds, blend_s=blend_s, **options)
+
+    def _edit(self, mode: str, audio, prompt, *, strength: float = 1.0, mask=None, cutoff_hz=None,
+              seconds: float | None = None, blend_s: float = 0.0, audio_sampling_rate: int | None = None,
+              normalize: bool = True, sample_posterior: bool = False, negative_prompt=None, transcription=None,
+              audio_length_in_s: float | None = None, num_inference_steps: int = 200, guidance_scale: float = 3.5,
+              num_waveforms_per_prompt: int = 1, scheduler: str | None = None, eta: float = 0.0,
+              seed: int | Sequence[int] = 0, latents: np.ndarray | None = None,
+              max_new_tokens: int | None = None) -> Edit:
+        """The audio-to-audio methods' shared path: load the inputs, validate as :meth:`generate` (same options:
+        ``negative_prompt``, ``transcription``, ``num_inference_steps``, ``guidance_scale``,
+        ``num_waveforms_per_prompt``, ``scheduler``, ``eta``, ``seed``, ``latents`` = the noise ``eps``,
+        ``max_new_tokens``), encode the inputs, then encode -> sample -> rank in the compiled programs.
+
+        Input options: ``audio_sampling_rate`` (arrays), ``normalize`` (AudioLDM's: zero mean, peak 0.5),
+        ``sample_posterior`` (a draw of the VAE posterior, from the prompt's seed, instead of its mode),
+        ``audio_length_in_s`` (default: the longest input; shorter inputs are padded with silence)."""
+        start = time.perf_counter()
+        if self.sampling_rate != mel_lib.SAMPLE_RATE or self.hop_length != mel_lib.HOP_LENGTH:
+            raise ValueError(f"audio-to-audio needs the 16 kHz, 160-sample-hop front end the VAE was trained on; this "
+                             f"checkpoint's vocoder runs at {self.sampling_rate} Hz with hop {self.hop_length}")
+        clips = [editing.load_input(a, self.sampling_rate, audio_sampling_rate, normalize)
+                 for a in editing.as_list(audio)]
+        prompts = _as_texts(prompt, "prompt")
+        if len(clips) not in (1, len(prompts)):
+            raise ValueError(f"audio: {len(clips)} inputs for {len(prompts)} prompts; give one input or one per prompt")
+        f, mel_bins = self.vae_scale_factor, self.vocoder_config.model_in_dim
+        if mode == "continue":
+            if audio_length_in_s is not None:
+                raise ValueError("continue_audio: the duration is the input's plus seconds=; audio_length_in_s does "
+                                 "not apply")
+            audio_length_in_s = max(c.duration_s for c in clips) + seconds
+        elif audio_length_in_s is None:
+            audio_length_in_s = max(c.duration_s for c in clips)
+        request = self._validate(prompts, negative_prompt, transcription, audio_length_in_s, num_inference_steps,
+                                 guidance_scale, num_waveforms_per_prompt, scheduler, eta, seed, latents,
+                                 max_new_tokens)
+        frames, duration = request.frames, float(audio_length_in_s)
+        length = frames // f
+        waves = np.stack([editing.fit_length(c.wave, frames * self.hop_length) for c in clips])  # [I, T * hop]
+        mels = editing.log_mel(waves, mel_bins)  # [I, T, mel_bins]
+        regenerate, cutoffs, t_start, sampler = None, None, 0, request.sampler
+        if mode == "continue":
+            prefix = [int(c.wave.shape[0] // self.hop_length // f) for c in clips]
+            if min(prefix) < 1 or max(prefix) >= length:
+                raise ValueError(f"continue_audio: the input must hold at least one latent frame ({f} mel frames, "
+                                 f"{f * self.seconds_per_frame:g} s) and be shorter than the {duration:g} s output")
+            regenerate = np.ones((len(clips), length, mel_bins // f), bool)
+            for i, p in enumerate(prefix):
+                regenerate[i, :p] = False
+        elif mode == "transfer":
+            sampler, t_start = editing.strength_plan(request.sampler, self.scheduler_config,
+                                                     int(num_inference_steps), strength)
+        else:
+            nyquist = self.sampling_rate / 2
+            if mode == "sr":
+                cutoffs = tuple(self._check_cutoff(cutoff_hz, c, nyquist) for c in clips)
+                masks = [editing.mel_mask(editing.FrequencyBand(cut, nyquist), frames, mel_bins, duration,
+                                          self.seconds_per_frame, nyquist) for cut in cutoffs]
+            else:
+                given = mask if isinstance(mask, list) else [mask] * len(clips)
+                if len(given) != len(clips):
+                    raise ValueError(f"mask: {len(given)} masks for {len(clips)} inputs; give one or one per input")
+                given = [editing.TimeSpan(0.4 * duration, 0.6 * duration) if m is None else m for m in given]
+                masks = [editing.mel_mask(m, frames, mel_bins, duration, self.seconds_per_frame, nyquist)
+                         for m in given]
+            regenerate = np.stack([editing.latent_mask(m, f) for m in masks])
+        blend = int(round(editing.check_number(blend_s, "blend_s") * self.sampling_rate))
+        if blend < 0 or (blend and mode not in ("inpaint", "continue")):
+            raise ValueError(f"blend_s={blend_s!r}: a duration >= 0, for inpaint and continue_audio only")
+        time_only = regenerate is not None and bool(np.all(regenerate.all(axis=2) | ~regenerate.any(axis=2)))
+        if blend and not time_only:
+            raise ValueError("blend_s: waveform blending needs a mask that regenerates whole time frames (a time span "
+                             "or a continuation), not a frequency band")
+
+        # Every check passed: encode the inputs (continuation: each prefix on its own, so that no padding reaches its
+        # latent; the frames after it are generated).
+        timings, seeds = Timings(), request.seeds[:len(clips)]
+        if mode == "continue":
+            known = np.zeros((len(clips), length) + self._latent_cell(), np.float32)
+            for i, (c, p) in enumerate(zip(clips, prefix)):
+                head = editing.log_mel(c.wave[:p * f * self.hop_length], mel_bins)[None]
+                known[i, :p] = self.encode_audio(head, seeds[i:i + 1], sample_posterior, timings)[0]
+        else:
+            known = self.encode_audio(mels, seeds, sample_posterior, timings)
+
+        kind = "transfer" if mode == "transfer" else "masked"
+        signal, noise = editing.noise_levels(sampler, self.scheduler_config)
+        plan = editing.EditPlan(kind, signal, noise, key=(kind, t_start))
+        rows = np.arange(request.batch) // request.num_waveforms  # output row -> prompt
+        source = rows if len(clips) > 1 else np.zeros_like(rows)  # output row -> input
+        keep = None if regenerate is None else ~regenerate[source][..., None]
+        request = dataclasses.replace(request, sampler=sampler,
+                                      edit=_EditInputs(plan, np.ascontiguousarray(known[source]), keep))
+        generation, final = self._generate(request, timings, start)
+        waveforms = generation.waveforms
+        if blend:
+            inputs = np.stack([editing.fit_length(w, request.num_samples) for w in waves])
+            span = np.repeat(regenerate.all(axis=2), f * self.hop_length, axis=1)[:, :request.num_samples]
+            weights = np.stack([editing.edge_blend_weights(s, blend) for s in span])[source]
+            waveforms = (weights * waveforms + (1 - weights) * inputs[source]).astype(np.float32)
+        to_reference = lambda x: np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # noqa: E731
+        return Edit(waveforms=waveforms, log_mel=generation.log_mel, ranking=generation.ranking,
+                    timings=generation.timings, latents=to_reference(final), input_latents=to_reference(known),
+                    input_waveform=waves[:, :request.num_samples], input_log_mel=mels, regenerate=regenerate,
+                    start_step=t_start, cutoff_hz=cutoffs)
+
+    def _latent_cell(self) -> tuple[int, int]:
+        """``(W, C)``: a latent frame's width and channels."""
+        return self.vocoder_config.model_in_dim // self.vae_scale_factor, self.unet_config.in_channels
+
+    def _check_cutoff(self, cutoff_hz, clip: editing.InputAudio, nyquist: float) -> float:
+        """``super_resolve``'s cutoff: the given one, checked, or the input's detected bandwidth."""
+        if cutoff_hz is None:
+            cutoff = editing.detect_bandwidth(clip)
+            if cutoff >= nyquist * 0.97:
+                raise ValueError(f"{clip.name}: the input already spans the whole band (detected bandwidth "
+                                 f"{cutoff:.0f} Hz of {nyquist:.0f}); pass cutoff_hz= to regenerate above a lower "
+                                 "frequency")
+            return cutoff
+        cutoff = editing.check_number(cutoff_hz, "cutoff_hz")
+        if not 0 < cutoff < nyquist:
+            raise ValueError(f"cutoff_hz={cutoff:g} must lie between 0 and the Nyquist frequency {nyquist:g} Hz (the "
+                             "band above it is regenerated)")
+        return cutoff
+
+    def encode_audio(self, log_mel: np.ndarray, seeds: Sequence[int] = (0,), sample_posterior: bool = False,
+                     timings: Timings | None = None) -> np.ndarray:
+        """The VAE latents of log-mel spectrograms ``[I, T, mel_bins]`` (T a multiple of the scale factor f), times
+        ``scaling_factor``: channels-last ``[I, T/f, W, C]``, the posterior's mode (or, with ``sample_posterior``, a
+        draw from input i's ``seeds[i]``), as AudioLDM's ``get_first_stage_encoding``."""
+        log_mel = np.asarray(log_mel, np.float32)
+        vae, scaling = self.vae, float(self.vae_config.scaling_factor)
+
+        def encode(params, mel):
+            posterior = vae.apply(params["vae"], mel[..., None], method=AutoencoderKL.encode)
+            return posterior.mean * scaling, posterior.std * scaling
+
+        with self._mesh_context(log_mel.shape[0]) as put:
+            args = (self.params, put(log_mel))
+            compiled = self._compile(("vae_encode",) + log_mel.shape, encode, args, timings)
+            mean, std = (np.asarray(x, np.float32) for x in jax.device_get(compiled(*args)))
+        if not sample_posterior:
+            return mean
+        # a stream apart from the initial noise's (which uses the same seeds)
+        draws = self.initial_latents([(int(s) ^ 0x5F3759DF) % 2 ** 32 for s in seeds], 1, log_mel.shape[1])
+        return mean + std * draws
 
     def _validate(self, prompt, negative_prompt, transcription, audio_length_in_s, num_inference_steps,
                   guidance_scale, num_waveforms_per_prompt, scheduler, eta, seed, latents, max_new_tokens
@@ -692,17 +948,21 @@ class AudioLDM2Pipeline:
         compiled = self._compile(("noise", len(seeds)) + shape, draw, (seeds, index))
         return np.asarray(compiled(seeds, index))
 
-    def _sample_fn(self, sampler: Sampler, cfg: bool, num_samples: int, num_waveforms: int):
+    def _sample_fn(self, sampler: Sampler, cfg: bool, num_samples: int, num_waveforms: int,
+                   edit: editing.EditPlan | None = None, chunks: editing.ChunkPlan | None = None):
         """The compiled loop: ``(params, latents [Bn, T/f, W, C], loop_seed, loa [R, N, D], context_1 [R, L, D1],
-        mask_1 [R, L], guidance) -> (waveforms [Bn, num_samples], log-mel [Bn, T, mel_bins])``; R = 2B with
-        guidance (``[uncond; cond]``), else B: each conditioning row is repeated for its ``num_waveforms``."""
-        unet, vae, vocoder = self.unet, self.vae, self.vocoder
-        scaling = float(self.vae_config.scaling_factor)
+        mask_1 [R, L], guidance, known, keep) -> (waveforms [Bn, num_samples], log-mel [Bn, T, mel_bins], final
+        latents [Bn, T/f, W, C])``; R = 2B with guidance (``[uncond; cond]``), else B: each conditioning row is
+        repeated for its ``num_waveforms``. With an ``edit``, ``known [Bn, T/f, W, C]`` is the input's latents and
+        ``keep [Bn, T/f, W, 1]`` (masked edits) its known cells (:func:`audioldm2_jax.editing.edit_start`); with
+        ``chunks`` the decoders run window by window (:func:`audioldm2_jax.editing.decode_in_chunks`)."""
+        unet = self.unet
+        decode = self._decode_fn()
 
-        def run(params, latents, loop_seed, loa, context_1, mask_1, guidance):
+        def run(params, latents, loop_seed, loa, context_1, mask_1, guidance, known=None, keep=None):
             loa, context_1, mask_1 = (None if c is None else jnp.repeat(c, num_waveforms, axis=0)
                                       for c in (loa, context_1, mask_1))  # rows p*n .. p*n+n-1: prompt p
-            x = latents.astype(jnp.float32) * sampler.init_noise_sigma
+            x, loop = editing.edit_start(sampler, edit, latents.astype(jnp.float32), known, keep)
 
             def denoise(x, t):
                 unet_in = jnp.concatenate([x, x]) if cfg else x
@@ -712,30 +972,66 @@ class AudioLDM2Pipeline:
                 uncond, cond = jnp.split(eps, 2)
                 return uncond + guidance * (cond - uncond)
 
-            x = sample_loop(sampler, denoise, x, jax.random.key(loop_seed))
-            mel = vae.apply(params["vae"], x / scaling, method=AutoencoderKL.decode)  # [Bn, T, mel_bins, 1]
-            waveforms = vocoder.apply(params["vocoder"], mel[..., 0])
-            return waveforms[:, :num_samples].astype(jnp.float32), mel[..., 0].astype(jnp.float32)
+            if loop.num_steps:  # a transfer at strength 0 runs no step (and its empty tables cannot be indexed)
+                x = sample_loop(loop, denoise, x, jax.random.key(loop_seed))
+            if chunks is None:
+                mel, waveforms = decode(params, x)
+            else:
+                mel, waveforms = editing.decode_in_chunks(lambda z: decode(params, z), x, chunks,
+                                                          self.vae_scale_factor, self.hop_length)
+            return waveforms[:, :num_samples].astype(jnp.float32), mel.astype(jnp.float32), x
 
         return run
 
-    def _sample(self, request: _Request, conditioning: tuple, timings: Timings) -> tuple[np.ndarray, np.ndarray]:
+    def _decode_fn(self):
+        """``(params, latents [B, L, W, C] scaled) -> (log-mel [B, L * f, mel_bins], waveforms [B, samples])``:
+        the VAE decoder (after dividing by ``scaling_factor``), then the vocoder."""
+        vae, vocoder = self.vae, self.vocoder
+        scaling = float(self.vae_config.scaling_factor)
+
+        def decode(params, z):
+            mel = vae.apply(params["vae"], z / scaling, method=AutoencoderKL.decode)[..., 0]  # [B, T, mel_bins]
+            return mel, vocoder.apply(params["vocoder"], mel)
+
+        return decode
+
+    def _chunk_plan(self, frames: int) -> editing.ChunkPlan | None:
+        """The decoding windows for a clip of ``frames`` mel frames under ``decode_chunking`` (None: whole)."""
+        chunking = self.decode_chunking
+        if chunking is None:
+            return None
+        window_s = chunking.window_s or self.default_duration_s
+        above_s = 3 * window_s if chunking.above_s is None else chunking.above_s
+        if frames * self.seconds_per_frame <= above_s:
+            return None
+        to_latent = lambda s: max(1, int(round(s / self.seconds_per_frame / self.vae_scale_factor)))  # noqa: E731
+        return editing.chunk_plan(frames // self.vae_scale_factor, to_latent(window_s),
+                                  int(round(chunking.margin_s / self.seconds_per_frame / self.vae_scale_factor)),
+                                  to_latent(chunking.crossfade_s))
+
+    def _sample(self, request: _Request, conditioning: tuple, timings: Timings
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         start, compile_before = time.perf_counter(), timings.compile
         latents = request.latents
         if latents is None:
             latents = self.initial_latents(request.seeds, request.num_waveforms, request.frames)
-        fn = self._sample_fn(request.sampler, request.cfg, request.num_samples, request.num_waveforms)
+        edit, chunks = request.edit, self._chunk_plan(request.frames)
+        fn = self._sample_fn(request.sampler, request.cfg, request.num_samples, request.num_waveforms,
+                             None if edit is None else edit.plan, chunks)
         # DDIM's eta noise (if any) comes from the first prompt's seed, on a stream apart from the latents'.
         loop_seed = np.uint32((request.seeds[0] + 0x9E3779B9) % 2 ** 32)
         key = ("sample", request.batch, request.frames, request.sampler_key, request.cfg, request.num_samples,
-               request.num_waveforms) + tuple(None if c is None else c.shape for c in conditioning)
+               request.num_waveforms, None if edit is None else edit.plan.key, chunks
+               ) + tuple(None if c is None else c.shape for c in conditioning)
         with self._mesh_context(request.batch) as put:
             args = (self.params, put(latents), put(loop_seed, batched=False), *(put(c) for c in conditioning),
                     put(np.float32(request.guidance_scale), batched=False))
+            if edit is not None:
+                args += (put(edit.known), put(edit.keep))
             compiled = self._compile(key, fn, args, timings)
-            waveforms, log_mel = (np.asarray(x, np.float32) for x in jax.device_get(compiled(*args)))
+            waveforms, log_mel, final = (np.asarray(x, np.float32) for x in jax.device_get(compiled(*args)))
         timings.sample += time.perf_counter() - start - (timings.compile - compile_before)
-        return waveforms, log_mel
+        return waveforms, log_mel, final
 
     # ------------------------------------------------------------------------------------------------------------
     # Ranking

@@ -6,9 +6,14 @@
         --scheduler dpmsolver++ --num-waveforms 3 --dtype bfloat16 --out runs/samples
     python sample.py --checkpoint cvssp/audioldm2-gigaspeech --prompt "a man speaking" \\
         --transcription "hello there" --out runs/speech
+    python sample.py --checkpoint cvssp/audioldm2 --input song.wav --mode transfer --strength 0.6 \\
+        --prompt "a string quartet" --out runs/edits      # also: --mode inpaint --start 2 --end 3,
+                                                          # --mode sr [--cutoff-hz 4000], --mode continue --seconds 5
 
 --prompts-file: one prompt per line, optionally ``prompt|name`` (``name`` is the file stem) or
 ``prompt|name|transcription``; blank lines and ``#`` comments are skipped. Clip i uses seed ``--seed + i``.
+--input FILE --mode MODE edits a recording with every prompt (``AudioLDM2Pipeline.transfer / inpaint /
+super_resolve / continue_audio``, docs/audio_to_audio.md); its PNG shows the input's spectrogram next to the output's.
 Ends with the throughput: seconds of audio per second of wall time, compilation reported apart. Flags are checked
 before the checkpoint is read (a bad one is a usage error, status 2). A clip whose audio comes out NaN / inf (a
 diverged model) is named, gets no files, and the run ends with status 1 after writing the others.
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -39,6 +45,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from audioldm2_jax.audio.io import save_spectrogram_png, write_wav
+from audioldm2_jax.audio.mel import HOP_LENGTH, SAMPLE_RATE, log_mel_spectrogram
 from audioldm2_jax.diffusion import SAMPLER_NAMES
 from audioldm2_jax.parallel import distributed as dist
 from audioldm2_jax.pipeline import AudioLDM2Pipeline, NonFiniteOutputError
@@ -70,6 +77,55 @@ def _sampler_name(text: str) -> str:
     return text
 
 
+# --mode -> the pipeline method it runs, and the flags that belong to it (flag name -> the method's argument)
+EDIT_MODES = {"transfer": ("transfer", {"strength": "strength"}),
+              "inpaint": ("inpaint", {"start": None, "end": None, "blend": "blend_s"}),
+              "sr": ("super_resolve", {"cutoff_hz": "cutoff_hz"}),
+              "continue": ("continue_audio", {"seconds": "seconds", "blend": "blend_s"})}
+
+
+@dataclasses.dataclass(frozen=True)
+class EditJob:
+    """An audio-to-audio job: the recording ``audio`` edited by ``AudioLDM2Pipeline.<method>`` with ``options``."""
+
+    mode: str
+    audio: str
+    options: dict
+
+    @property
+    def method(self) -> str:
+        return EDIT_MODES[self.mode][0]
+
+
+def edit_job(args: argparse.Namespace, parser: argparse.ArgumentParser) -> EditJob | None:
+    """The :class:`EditJob` the flags ask for (None without ``--input``); a flag of another mode, or ``--input``
+    without ``--mode``, is a usage error (``parser.error``: status 2, before anything is loaded)."""
+    error = parser.error
+    given = {name for name in ("strength", "start", "end", "cutoff_hz", "seconds", "blend")
+             if getattr(args, name) is not None}
+    if args.input is None:
+        if args.mode is not None or given:
+            error("--mode and the edit flags (--strength --start --end --cutoff-hz --seconds --blend) need --input")
+        return None
+    if args.mode is None:
+        error("--input needs --mode transfer, inpaint, sr or continue")
+    if not Path(args.input).is_file():
+        error(f"--input {args.input}: no such file")
+    allowed = EDIT_MODES[args.mode][1]
+    stray = sorted(given - set(allowed))
+    if stray:
+        error(f"--mode {args.mode} does not take --{', --'.join(n.replace('_', '-') for n in stray)}")
+    if args.mode == "continue" and args.duration is not None:
+        error("--mode continue: the output is the input plus --seconds; --duration does not apply")
+    options = {argument: getattr(args, name) for name, argument in allowed.items()
+               if argument is not None and getattr(args, name) is not None}
+    if args.mode == "inpaint" and (args.start is not None or args.end is not None):
+        if args.start is None or args.end is None:
+            error("--mode inpaint: give both --start and --end (seconds), or neither (the 40-60 % span)")
+        options["mask"] = (args.start, args.end)
+    return EditJob(args.mode, str(args.input), options)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     """The flags, each checked on its own here (before anything is loaded); what depends on the checkpoint (e.g. a
     duration shorter than one latent frame) is checked by the pipeline before it compiles."""
@@ -96,12 +152,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="compute dtype of the UNet, VAE and vocoder (parameters stay float32)")
     parser.add_argument("--out", default="samples", help="output directory")
+    edit = parser.add_argument_group("audio to audio (docs/audio_to_audio.md)")
+    edit.add_argument("--input", default=None, help="a recording to edit with every prompt (any sample rate)")
+    edit.add_argument("--mode", choices=sorted(EDIT_MODES), default=None,
+                      help="transfer (style transfer), inpaint (regenerate a span), sr (regenerate above the "
+                      "bandwidth), continue (extend the recording)")
+    edit.add_argument("--strength", type=_number_type(float, "the strength", 0), default=None,
+                      help="transfer: how much to change, 0..1 (default 0.5)")
+    edit.add_argument("--start", type=_number_type(float, "--start", 0), default=None,
+                      help="inpaint: start of the span to regenerate, seconds")
+    edit.add_argument("--end", type=_number_type(float, "--end", 0), default=None,
+                      help="inpaint: end of the span, seconds (default span: 40-60 %% of the clip)")
+    edit.add_argument("--cutoff-hz", type=_number_type(float, "--cutoff-hz", 0, strict=True), default=None,
+                      help="sr: regenerate above this frequency (default: the input's detected bandwidth)")
+    edit.add_argument("--seconds", type=_number_type(float, "--seconds", 0, strict=True), default=None,
+                      help="continue: seconds to add (default 5)")
+    edit.add_argument("--blend", type=_number_type(float, "--blend", 0), default=None,
+                      help="inpaint / continue: keep the input's waveform outside the generated span, cross-faded "
+                      "over this many seconds")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--coordinator-address", default=None,
                         help="multi-process runs: host:port of process 0 (default: JAX_COORDINATOR_ADDRESS)")
     parser.add_argument("--num-processes", type=int, default=None, help="multi-process runs (JAX_NUM_PROCESSES)")
     parser.add_argument("--process-id", type=int, default=None, help="multi-process runs (JAX_PROCESS_ID)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.edit = edit_job(args, parser)
+    return args
 
 
 def main(argv=None) -> dict:
@@ -127,7 +203,7 @@ def _generate(args) -> dict:
             pipe, mine, args.out, batch_size=args.batch_size, num_waveforms_per_prompt=args.num_waveforms,
             seed=args.seed + offset, negative_prompt=args.negative_prompt, transcription=args.transcription,
             progress=not args.no_progress and jax.process_index() == 0, audio_length_in_s=args.duration,
-            num_inference_steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler)
+            num_inference_steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler, edit=args.edit)
     if jax.process_count() > 1:  # every process's totals, for process 0's report (wall time: the slowest one)
         keys = ("audio_s", "wall_s", "compile_s", "clips", "failed")
         table = np.asarray(multihost_utils.process_allgather(np.array([totals[k] for k in keys], np.float64)))
@@ -199,7 +275,7 @@ def _file_safe(text: str) -> str:
 def run_sampling_job(pipe: AudioLDM2Pipeline, clips: Sequence[Clip], out_dir: str | os.PathLike, *,
                      batch_size: int = 4, num_waveforms_per_prompt: int = 1, seed: int = 0,
                      negative_prompt: str | None = None, transcription: str | None = None,
-                     progress: bool = True, **call_kwargs) -> dict[str, Any]:
+                     progress: bool = True, edit: EditJob | None = None, **call_kwargs) -> dict[str, Any]:
     """Generates every clip in batches of ``batch_size`` prompts and writes, per waveform, ``NAME.wav`` (16-bit),
     ``NAME.png`` (log-mel spectrogram) and ``NAME.json`` (settings). With several waveforms per prompt the files
     are ``NAME_k`` (k = 0 the best CLAP match).
@@ -212,6 +288,9 @@ def run_sampling_job(pipe: AudioLDM2Pipeline, clips: Sequence[Clip], out_dir: st
 
     A clip whose audio came out non-finite (NaN / inf: :class:`NonFiniteOutputError`) is logged by name, counted
     in ``failed`` and gets no files at all (none of its waveforms); the other clips of its batch are written.
+
+    ``edit``: every prompt edits that recording instead (the pipeline's audio-to-audio method); each PNG then shows
+    the input's spectrogram next to the output's, and the JSON records the mode, the input and its options.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
@@ -229,6 +308,8 @@ def run_sampling_job(pipe: AudioLDM2Pipeline, clips: Sequence[Clip], out_dir: st
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     totals = dict(audio_s=0.0, wall_s=0.0, compile_s=0.0, clips=0, failed=0, failed_clips=[])
+    run = pipe.generate if edit is None else functools.partial(getattr(pipe, edit.method), edit.audio, **edit.options)
+    edit_settings = {} if edit is None else dict(mode=edit.mode, input=edit.audio, **edit.options)
     bar = tqdm(total=len(clips) * num_waveforms_per_prompt, unit="clip", disable=not progress)
     for start in range(0, len(clips), batch_size):
         batch = list(clips[start:start + batch_size])
@@ -237,9 +318,8 @@ def run_sampling_job(pipe: AudioLDM2Pipeline, clips: Sequence[Clip], out_dir: st
         seeds = [seed + start + i for i in range(len(batch))]
         transcriptions = [c.transcription or transcription for c in batch] if pipe.is_speech else None
         try:
-            result = pipe.generate([c.prompt for c in batch], negative_prompt=negative_prompt,
-                                   transcription=transcriptions, num_waveforms_per_prompt=num_waveforms_per_prompt,
-                                   seed=seeds, **call_kwargs)
+            result = run([c.prompt for c in batch], negative_prompt=negative_prompt, transcription=transcriptions,
+                         num_waveforms_per_prompt=num_waveforms_per_prompt, seed=seeds, **call_kwargs)
             waveforms, diverged, t = result.waveforms, set(), result.timings
         except NonFiniteOutputError as err:  # the batch's other clips are fine: write those
             waveforms, diverged, t = err.waveforms, set(err.prompts), err.timings
@@ -257,18 +337,44 @@ def run_sampling_job(pipe: AudioLDM2Pipeline, clips: Sequence[Clip], out_dir: st
                 wave = waveforms[i * num_waveforms_per_prompt + k]
                 stem = clip.name if num_waveforms_per_prompt == 1 else f"{clip.name}_{k}"
                 write_wav(out / f"{stem}.wav", wave, pipe.sampling_rate)
-                save_spectrogram_png(out / f"{stem}.png", wave, clip.prompt)
+                if edit is None:
+                    save_spectrogram_png(out / f"{stem}.png", wave, clip.prompt)
+                else:
+                    save_edit_png(out / f"{stem}.png", result.input_waveform[0], wave, f"{edit.mode}: {clip.prompt}")
                 settings = dict(prompt=clip.prompt, negative_prompt=negative_prompt,
                                 transcription=transcriptions[i] if transcriptions else None, seed=seeds[i],
                                 rank=k, num_waveforms_per_prompt=num_waveforms_per_prompt,
                                 sampling_rate=pipe.sampling_rate, num_samples=int(wave.shape[0]),
-                                duration_s=wave.shape[0] / pipe.sampling_rate, **call_kwargs)
+                                duration_s=wave.shape[0] / pipe.sampling_rate, **edit_settings, **call_kwargs)
                 (out / f"{stem}.json").write_text(json.dumps(settings, indent=2, default=str) + "\n")
                 totals["audio_s"] += wave.shape[0] / pipe.sampling_rate
                 totals["clips"] += 1
             bar.update(num_waveforms_per_prompt)
     bar.close()
     return totals
+
+
+def save_edit_png(path, input_wave: np.ndarray, output_wave: np.ndarray, title: str = "") -> None:
+    """The input's 64-bin log-mel spectrogram above the output's, on one time axis, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mels = [log_mel_spectrogram(w) for w in (input_wave, output_wave)]
+    seconds = max(m.shape[0] for m in mels) * HOP_LENGTH / SAMPLE_RATE
+    fig, axes = plt.subplots(2, 1, figsize=(max(4.0, seconds), 5), dpi=100, sharex=True)
+    for ax, mel, name in zip(axes, mels, ("input", "output")):
+        ax.imshow(mel.T, origin="lower", aspect="auto", cmap="magma",
+                  extent=(0, mel.shape[0] * HOP_LENGTH / SAMPLE_RATE, 0, mel.shape[1]))
+        ax.set_ylabel(f"{name}\nmel bin")
+    axes[0].set_xlim(0, seconds)
+    axes[1].set_xlabel("time (s)")
+    if title:
+        axes[0].set_title(title[:80], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def run(argv=None) -> None:

@@ -25,6 +25,7 @@ from typing import Mapping, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 LogicalRules = Sequence[tuple[str, str | tuple[str, ...] | None]]
@@ -144,7 +145,28 @@ def make_mesh(shape: dict[str, int] | Sequence[int], names: Sequence[str] = ("da
         raise ValueError(f"mesh shape {dict(zip(names, shape))} needs {int(np.prod(shape))} devices, "
                          f"{len(devices)} are available")
     axis_types = (jax.sharding.AxisType.Auto,) * len(shape)
+    if slice_count(devices) > 1:
+        return jax.sharding.Mesh(multi_slice_device_array(shape, devices), tuple(names), axis_types=axis_types)
     return jax.make_mesh(tuple(shape), tuple(names), axis_types=axis_types, devices=devices)
+
+
+def slice_count(devices) -> int:
+    """How many TPU slices ``devices`` span (multi-slice pods, joined over the data-centre network); 1 for other
+    platforms, whatever their ``slice_index`` says."""
+    return len({getattr(device, "slice_index", 0) for device in devices if device.platform == "tpu"}) or 1
+
+
+def multi_slice_device_array(shape: Sequence[int], devices) -> np.ndarray:
+    """``devices`` of several slices as an array of ``shape``, the slices along the first axis whose size they divide
+    (``data`` in the usual order): only that axis crosses the slow network between slices, the others stay inside a
+    slice's torus. ``jax.make_mesh`` lays out one slice only."""
+    slices = slice_count(devices)
+    axis = next((i for i, size in enumerate(shape) if size % slices == 0), None)
+    if axis is None:
+        raise ValueError(f"mesh shape {tuple(shape)}: no axis is a multiple of the {slices} slices the devices span")
+    within, across = list(shape), [1] * len(shape)
+    within[axis], across[axis] = shape[axis] // slices, slices
+    return mesh_utils.create_hybrid_device_mesh(within, across, devices=devices)
 
 
 def with_axes(init: nn.initializers.Initializer, axes: tuple[str | None, ...]):

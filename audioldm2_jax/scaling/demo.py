@@ -1,4 +1,4 @@
-"""The scaling demo on two CPU cores: the sweep of ``configs/scaling_demo.py`` (:data:`SWEEP`: 3 budgets x 4 UNet
+"""The scaling demo on two CPU cores: the sweep of ``configs/scaling_demo.py`` (:data:`SWEEP`: 3 budgets x 3 UNet
 widths, on the procedural dataset), run locally, fitted and reported (``python -m audioldm2_jax.scaling demo``,
 ``make scaling-demo``). Run it again to resume: finished runs are skipped, a cut one continues from its checkpoint."""
 
