@@ -50,7 +50,7 @@ quickstart: $(QUICKSTART_STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache runs
 
-# A scaling-law demo on the CPU (audioldm2_jax/scaling/, docs/scaling.md): an isoFLOP sweep of 3 compute budgets x 4
+# A scaling-law demo on the CPU (audioldm2_jax/scaling/, docs/scaling.md): an isoFLOP sweep of 3 compute budgets x 3
 # UNet widths of the quickstart's LDM on the procedural dataset, the held-out loss of each run, both fits (isoFLOP
 # parabolas, the parametric L(N, D)), figures and report.md. Run it again to resume.
 SCALING_DEMO ?= runs/scaling-demo

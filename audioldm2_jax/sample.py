@@ -44,8 +44,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from audioldm2_jax.audio.io import save_spectrogram_png, write_wav
-from audioldm2_jax.audio.mel import HOP_LENGTH, SAMPLE_RATE, log_mel_spectrogram
+from audioldm2_jax.audio.io import save_edit_png, save_spectrogram_png, write_wav
 from audioldm2_jax.diffusion import SAMPLER_NAMES
 from audioldm2_jax.parallel import distributed as dist
 from audioldm2_jax.pipeline import AudioLDM2Pipeline, NonFiniteOutputError
@@ -352,29 +351,6 @@ def run_sampling_job(pipe: AudioLDM2Pipeline, clips: Sequence[Clip], out_dir: st
             bar.update(num_waveforms_per_prompt)
     bar.close()
     return totals
-
-
-def save_edit_png(path, input_wave: np.ndarray, output_wave: np.ndarray, title: str = "") -> None:
-    """The input's 64-bin log-mel spectrogram above the output's, on one time axis, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    mels = [log_mel_spectrogram(w) for w in (input_wave, output_wave)]
-    seconds = max(m.shape[0] for m in mels) * HOP_LENGTH / SAMPLE_RATE
-    fig, axes = plt.subplots(2, 1, figsize=(max(4.0, seconds), 5), dpi=100, sharex=True)
-    for ax, mel, name in zip(axes, mels, ("input", "output")):
-        ax.imshow(mel.T, origin="lower", aspect="auto", cmap="magma",
-                  extent=(0, mel.shape[0] * HOP_LENGTH / SAMPLE_RATE, 0, mel.shape[1]))
-        ax.set_ylabel(f"{name}\nmel bin")
-    axes[0].set_xlim(0, seconds)
-    axes[1].set_xlabel("time (s)")
-    if title:
-        axes[0].set_title(title[:80], fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def run(argv=None) -> None:

@@ -112,3 +112,31 @@ def test_report_accuracy_matches_a_recount(job):
         assert report["timings"][stage]["wall_s"] > 0
     phases = ("text", "stages", "sample", "score")  # the stages' own entries overlap inside "stages"
     assert report["total_wall_s"] >= sum(report["timings"][p]["wall_s"] for p in phases) - 1e-6
+
+
+def test_editing_demo_recounts(job):
+    """The demo's notes, recounted: the target note read from the target caption's text, the output note from the
+    saved generated log-mel, the inpainting split at the span's frames; the unedited sources read back."""
+    root, report = job
+    demo = report["editing"]
+    instruments = qs.GRAMMAR["instruments"]
+    span = slice(*(int(round(s * 100)) for s in demo["span_s"]))  # 10 ms mel frames
+    for kind in ("transfer", "inpaint"):
+        rows = demo[kind]["rows"]
+        assert len(rows) == demo["pairs"] >= 1
+        followed = 0
+        for r in rows:
+            assert r["target_pitch"] == _caption_note(r["caption"]) != r["source_pitch"]
+            mel = np.load(root / "editing" / r["files"][2])
+            inside = mel[span] if kind == "inpaint" else mel
+            note = estimate_pitch_class_from_log_mel(inside, instruments)
+            assert note == r["output_pitch"]
+            followed += note == r["target_pitch"]
+            if kind == "inpaint":
+                outside = np.concatenate([mel[:span.start], mel[span.stop:]])
+                assert estimate_pitch_class_from_log_mel(outside, instruments) == r["outside_pitch"]
+            assert (root / "editing" / r["files"][1]).stat().st_size > 0
+            assert read_audio(root / "editing" / r["files"][0])[0].shape[0] > 0
+        assert demo[kind]["followed"] == followed
+    assert "## Editing true clips" in (root / "report.md").read_text()
+

@@ -85,12 +85,24 @@ def test_isoflop_interval_coverage():
         assert abs(hits / draws - level) <= 0.1, f"coverage {hits / draws:.3f} at level {level}"
 
 
+def test_isoflop_leaves_out_budgets_with_fewer_than_three_sizes():
+    points = synthetic(2)  # 4 budgets x 5 sizes
+    partial = points[3:5] + points[5:]  # the first budget keeps two sizes
+    fit = F.fit_isoflop(partial, bootstrap=50, seed=0)
+    alone = F.fit_isoflop(points[5:], bootstrap=50, seed=0)
+    assert fit.left_out == {BUDGETS[0]: 2}
+    assert [b.budget for b in fit.budgets] == list(BUDGETS[1:])
+    # the power laws rest on the three full budgets alone (the FLOP model is fitted on every run: the same law here)
+    assert fit.params_opt.exponent == pytest.approx(alone.params_opt.exponent, rel=1e-9)
+    assert fit.params_opt.exponent_ci == pytest.approx(alone.params_opt.exponent_ci, rel=1e-9)
+
+
 def test_isoflop_errors_name_the_problem():
     points = synthetic(1)
-    with pytest.raises(ValueError, match="at least three model sizes"):
-        F.fit_isoflop(points[:2] + points[5:])
     with pytest.raises(ValueError, match="at least two budgets"):
         F.fit_isoflop(points[:5])
+    with pytest.raises(ValueError, match="budgets .* have fewer"):
+        F.fit_isoflop(points[:2] + points[5:10])
     concave = [F.RunPoint(p.name, p.params, p.examples, p.compute, p.budget, 1.0 / p.loss) for p in points]
     with pytest.raises(ValueError, match="not convex"):
         F.fit_isoflop(concave)

@@ -64,6 +64,10 @@ def test_plan_leaves_out_what_misses_the_budget(tmp_path):
     fixed, _ = sweep.plan(spec(tmp_path, budgets=[1.04e11, 1e14], batch_size=8, min_steps=5, warmup_steps=8),
                           measure=fake_measure)
     assert [r["warmup"] for r in fixed] == [5] + [8] * 3  # the same in every run, at most half its steps
+    # a batch list falls back to a smaller batch when the first lands on the budget in fewer than min_steps steps:
+    # 1.04e11 / (1.3e9 x 8) = 10 < 12 steps; / (1.3e9 x 4) = 20 steps, exactly on the budget
+    fallback, _ = sweep.plan(spec(tmp_path, budgets=[1.04e11], batch_size=[8, 4], min_steps=12), measure=fake_measure)
+    assert [(r["model"], r["batch"], r["steps"]) for r in fallback] == [("w0.5", 4, 20)]
 
 
 def test_spec_errors_name_the_field(tmp_path):

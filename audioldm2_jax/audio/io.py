@@ -155,3 +155,26 @@ def save_spectrogram_png(path: str | os.PathLike, waveform: np.ndarray, title: s
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def save_edit_png(path, input_wave: np.ndarray, output_wave: np.ndarray, title: str = "") -> None:
+    """The input's 64-bin log-mel spectrogram above the output's, on one time axis, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mels = [log_mel_spectrogram(w) for w in (input_wave, output_wave)]
+    seconds = max(m.shape[0] for m in mels) * HOP_LENGTH / SAMPLE_RATE
+    fig, axes = plt.subplots(2, 1, figsize=(max(4.0, seconds), 5), dpi=100, sharex=True)
+    for ax, mel, name in zip(axes, mels, ("input", "output")):
+        ax.imshow(mel.T, origin="lower", aspect="auto", cmap="magma",
+                  extent=(0, mel.shape[0] * HOP_LENGTH / SAMPLE_RATE, 0, mel.shape[1]))
+        ax.set_ylabel(f"{name}\nmel bin")
+    axes[0].set_xlim(0, seconds)
+    axes[1].set_xlabel("time (s)")
+    if title:
+        axes[0].set_title(title[:80], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

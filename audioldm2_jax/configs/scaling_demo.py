@@ -25,7 +25,7 @@ from audioldm2_jax.configs import quickstart as qs
 # The demo's isoFLOP sweep (python -m audioldm2_jax.scaling demo; the sweep file format: scaling/sweep.py).
 # FLOPs per example: one 1.28 s clip (128 frames), 4 LOA tokens, 48 T5 tokens, as these runs train.
 SWEEP = dict(name="demo", config="configs/scaling_demo.py", stage="ldm", options={}, axis="width",
-             models=[0.25, 0.5, 1.0], budgets=[7.5e10, 1.5e11, 3e11], batch_size=[4, 3, 5, 6, 2],
+             models=[0.25, 0.5, 1.0], budgets=[7.5e10, 1.5e11, 3e11], batch_size=[4, 3, 5, 6, 2, 1],
              learning_rate=dict(base=2e-3, reference_width=1.0, exponent=-0.5), tolerance=0.01, min_steps=15,
              warmup_steps=10, eval_points=2, flops=dict(frames=128, loa_tokens=4, t5_tokens=48),
              overrides={"checkpoint.every_steps": 50})

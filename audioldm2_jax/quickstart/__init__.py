@@ -29,6 +29,8 @@ setting; one module per step):
    step of the job; ``root/spectrograms.png`` (true clip, generated spectrogram and generated audio for a handful of
    prompts) with a listening list (``root/true/<name>.wav`` beside ``root/samples/<name>.wav``); and
    ``root/loss_<stage>.png`` loss curves from each stage's ``metrics.jsonl``.
+5. ``root/editing`` (:mod:`.editing_demo`): the trained model edits a few true clips toward prompts for other notes
+   (a style transfer and an inpainting of each), with the notes read back, in the report beside their baselines.
 
 ``--micro`` runs the same job at the smallest sizes with a few steps (the test suite's end-to-end check).
 """

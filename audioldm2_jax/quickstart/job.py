@@ -16,6 +16,7 @@ from typing import Sequence
 from audioldm2_jax.configs import quickstart as qs
 from audioldm2_jax.eval.prompts import reference_scores, score_samples, true_clips
 from audioldm2_jax.pipeline import AudioLDM2Pipeline
+from audioldm2_jax.quickstart import editing_demo
 from audioldm2_jax.quickstart.report import pick_listening, plot_losses, write_listening, write_report
 from audioldm2_jax.quickstart.sampling import draw_prompts, sample_prompts
 from audioldm2_jax.quickstart.stages import stage_main, stage_config, train_stages
@@ -98,11 +99,15 @@ def run(root: str | os.PathLike = "runs/quickstart", num_prompts: int = 48, step
             if plot_losses(root / stage, stage, path):
                 plots.append(path.name)
         entry["status"] = "procedural checks and baselines, spectrogram grid, loss plots"
+    say(f"[quickstart] editing {editing_demo.PAIRS} true clips (style transfer, inpainting) -> {root / 'editing'}")
+    with clock.phase("edit") as entry:
+        editing = editing_demo.run_demo(pipe, prompts, qs.GRAMMAR, sampling, root / "editing")
+        entry["status"] = f"{editing['pairs']} transfers and {editing['pairs']} inpaintings"
     total = time.perf_counter() - started
     report = {"root": str(root), "export": str(export), "prompts": num_prompts, "prompt_seed": qs.PROMPT_SEED,
               "grammar": {k: list(v) for k, v in qs.GRAMMAR.items()}, "sampling": sampling, "micro": micro,
               "steps_scale": steps_scale, "jobs": jobs, "summary": scores["summary"], "references": references,
-              "clips": scores["clips"], "listening": listening,
+              "clips": scores["clips"], "listening": listening, "editing": editing,
               "timings": clock.timings, "total_wall_s": total, "load": _load_average(), "loss_plots": plots}
     text = write_report(root, report)
     say(text)

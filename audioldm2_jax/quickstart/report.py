@@ -17,6 +17,7 @@ import numpy as np
 from audioldm2_jax.audio.io import read_audio, write_wav
 from audioldm2_jax.audio.mel import HOP_LENGTH, SAMPLE_RATE, log_mel_spectrogram
 from audioldm2_jax.eval.prompts import CHECK_TITLES, CHECKS
+from audioldm2_jax.quickstart import editing_demo
 from audioldm2_jax.train.metrics import read_jsonl
 
 # The targets for the generated clips (#16): pitch class as a share of the prompts, family and tempo as
@@ -174,6 +175,8 @@ def write_report(root: Path, report: dict) -> str:
                      for c in CHECKS]
             lines.append(f"| {item['caption']} | `{item['generated']}` | `{item['true']}` | " + " | ".join(heard)
                          + " |")
+    if report.get("editing"):
+        lines += editing_demo.render(report["editing"])
     lines += ["", "| step | wall s | cpu s | status |", "|---|---|---|---|"]
     for name, t in report["timings"].items():
         lines.append(f"| {name} | {t['wall_s']:.1f} | {t.get('cpu_s', 0.0):.1f} | {t.get('status', '')} |")

@@ -167,12 +167,14 @@ class IsoFLOPFit:
     bootstrap: int
     bootstrap_failed: int
     residual_dof: int
+    left_out: Mapping[float, int] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return dict(budgets=[dataclasses.asdict(b) for b in self.budgets], params_opt=self.params_opt.as_dict(),
                     examples_opt=self.examples_opt.as_dict(), examples_per_param=self.examples_per_param.as_dict(),
                     flops_model=self.flops_model.as_dict(), bootstrap=self.bootstrap,
-                    bootstrap_failed=self.bootstrap_failed, residual_dof=self.residual_dof)
+                    bootstrap_failed=self.bootstrap_failed, residual_dof=self.residual_dof,
+                    left_out={f"{b:.6g}": n for b, n in self.left_out.items()})
 
 
 def _group_by_budget(points: Sequence[RunPoint]) -> dict[float, list[RunPoint]]:
@@ -205,9 +207,10 @@ def _slopes(log_c: np.ndarray, log_y: np.ndarray) -> np.ndarray:
 
 def fit_isoflop(points: Sequence[RunPoint], bootstrap: int = 1000, level: float = DEFAULT_LEVEL,
                 seed: int = 0) -> IsoFLOPFit:
-    """Approach 2 on ``points`` grouped by ``budget``: a parabola of log L in log N per budget (at least three model
-    sizes each), its vertex N*, D* = C / (k N*^gamma) with the measured compute model, then power laws N*(C) and
-    D*(C) across budgets (at least two).
+    """Approach 2 on ``points`` grouped by ``budget``: a parabola of log L in log N per budget that has at least three
+    model sizes (budgets with fewer are left out: ``IsoFLOPFit.left_out``), its vertex N*, D* = C / (k N*^gamma)
+    with the measured compute model (fitted on every point), then power laws N*(C) and D*(C) across the budgets
+    fitted (at least two).
 
     Intervals: a residual bootstrap. The parabolas' residuals, pooled over budgets and scaled by
     ``sqrt(n / (n - 3))`` for the fitted coefficients, are resampled onto every fitted curve; each replicate is
@@ -217,12 +220,11 @@ def fit_isoflop(points: Sequence[RunPoint], bootstrap: int = 1000, level: float 
     points = list(points)
     _check_points(points, "isoFLOP fit")
     groups = _group_by_budget(points)
-    small = {b: len(g) for b, g in groups.items() if len({p.params for p in g}) < 3}
-    if small:
-        raise ValueError(f"isoFLOP fit: every budget needs runs of at least three model sizes; budgets {small} "
-                         "(budget: runs) have fewer")
+    left_out = {b: len({p.params for p in g}) for b, g in groups.items() if len({p.params for p in g}) < 3}
+    groups = {b: g for b, g in groups.items() if b not in left_out}
     if len(groups) < 2:
-        raise ValueError(f"isoFLOP fit: needs at least two budgets, got {list(groups)}")
+        raise ValueError(f"isoFLOP fit: needs at least two budgets with runs of at least three model sizes, got "
+                         f"{len(groups)}" + (f"; budgets {left_out} (budget: sizes) have fewer" if left_out else ""))
     flops = fit_flops_model(points)
     budgets = np.array(list(groups))
     xs = [np.log(np.array([p.params for p in g])) for g in groups.values()]
@@ -263,7 +265,8 @@ def fit_isoflop(points: Sequence[RunPoint], bootstrap: int = 1000, level: float 
         n_law = _with_intervals(n_law, log_c, log_n, level)
         d_law = _with_intervals(d_law, log_c, log_d, level)
         ratio_law = _with_intervals(ratio_law, log_c, log_d - log_n, level)
-    return IsoFLOPFit(tuple(rows), n_law, d_law, ratio_law, flops, int(bootstrap if dof > 0 else 0), failed, dof)
+    return IsoFLOPFit(tuple(rows), n_law, d_law, ratio_law, flops, int(bootstrap if dof > 0 else 0), failed, dof,
+                      left_out)
 
 
 def _with_intervals(law: PowerLaw, log_c: np.ndarray, log_y: np.ndarray, level: float) -> PowerLaw:

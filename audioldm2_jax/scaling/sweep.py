@@ -8,11 +8,12 @@ A sweep file (JSON) names:
   :data:`audioldm2_jax.configs.sizes.SCALING_PRESETS`), ``"width"``, ``"depth"`` or ``"transformer_layers"``
   (multipliers / counts, passed as the config option of that name);
 - ``budgets``: training FLOPs per run (the trained UNet's forward + backward; frozen encoders are not counted);
-- ``batch_size``: an integer, or a list tried in order when the first misses the budget's tolerance;
+- ``batch_size``: an integer, or a list tried in order when the first misses the budget's tolerance or gives fewer
+  than ``min_steps`` steps;
 - ``learning_rate``: ``{"base": lr, "reference_width": w0, "exponent": e}``, ``lr = base * (width / w0)^e`` (EDM2's
   UNet family follows ``e = -0.5``); the width of a preset is its width multiplier;
 - optional: ``tolerance`` (0.01: achieved FLOPs within 1 % of the budget, as Marin's isoFLOP generator),
-  ``min_steps`` (runs shorter than this are left out), ``warmup_fraction`` (0.1 of the steps) or ``warmup_steps``
+  ``min_steps`` (a run needs at least this many steps; with none of the batch sizes it is left out), ``warmup_fraction`` (0.1 of the steps) or ``warmup_steps``
   (the same warm-up in every run, at most half its steps; Porian et al. 2024: keep warm-up fixed or proportional),
   ``eval_points`` (held-out evaluations per run, evenly spaced, the last at the final step), ``flops``
   (``frames``, ``loa_tokens``, ``t5_tokens`` of the FLOP count; default: the config's clip length, 8 LOA tokens,
@@ -21,7 +22,8 @@ A sweep file (JSON) names:
 
 For each (budget, model) :func:`plan` measures the model (parameters; FLOPs per example from XLA's cost analysis,
 :func:`audioldm2_jax.configs.sizes.unet_train_flops`), derives the steps ``round(C / (flops_per_example x batch))``,
-keeps the run when the achieved FLOPs are within ``tolerance`` of the budget, and names it
+keeps the run when the achieved FLOPs are within ``tolerance`` of the budget in at least ``min_steps`` steps
+(trying the batch sizes in order), and names it
 ``isoflop-<C>-<model>-b<batch>-s<steps>``.
 """
 
@@ -147,12 +149,14 @@ def measure_model(spec: Mapping, value) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def steps_for_budget(budget: float, flops_per_example: float, batches: Sequence[int], tolerance: float):
+def steps_for_budget(budget: float, flops_per_example: float, batches: Sequence[int], tolerance: float,
+                     min_steps: int = 1):
     """``(batch, steps, achieved FLOPs)`` of the first batch size whose rounded step count lands within
-    ``tolerance`` of ``budget``, or None."""
+    ``tolerance`` of ``budget`` and is at least ``min_steps``, or None. A batch list ordered from the preferred size
+    on lets a large model at a small budget fall back to a smaller batch (more steps at the same compute)."""
     for batch in batches:
         steps = int(round(budget / (flops_per_example * batch)))
-        if steps < 1:
+        if steps < max(1, min_steps):
             continue
         achieved = steps * batch * flops_per_example
         if abs(achieved / budget - 1) <= tolerance:
@@ -171,10 +175,10 @@ def plan(spec: Mapping, measure=measure_model) -> tuple[list[dict], list[dict]]:
     for budget in sorted(spec["budgets"]):
         for value, m in models.items():
             tag = model_tag(spec["axis"], value)
-            found = steps_for_budget(budget, m["flops_per_example"], batches, spec["tolerance"])
-            if found is None or found[1] < spec["min_steps"]:
-                reason = (f"no batch size of {batches} lands within {spec['tolerance']:.0%} of the budget"
-                          if found is None else f"{found[1]} steps < min_steps={spec['min_steps']}")
+            found = steps_for_budget(budget, m["flops_per_example"], batches, spec["tolerance"], spec["min_steps"])
+            if found is None:
+                reason = (f"no batch size of {batches} lands within {spec['tolerance']:.0%} of the budget in at least "
+                          f"min_steps={spec['min_steps']} steps")
                 skipped.append(dict(budget=budget, model=tag, reason=reason))
                 continue
             batch, steps, achieved = found
