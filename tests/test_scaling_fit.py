@@ -90,18 +90,42 @@ def test_isoflop_leaves_out_budgets_with_fewer_than_three_sizes():
     partial = points[3:5] + points[5:]  # the first budget keeps two sizes
     fit = F.fit_isoflop(partial, bootstrap=50, seed=0)
     alone = F.fit_isoflop(points[5:], bootstrap=50, seed=0)
-    assert fit.left_out == {BUDGETS[0]: 2}
+    assert fit.left_out == {BUDGETS[0]: "2 model sizes (fewer than three)"}
     assert [b.budget for b in fit.budgets] == list(BUDGETS[1:])
     # the power laws rest on the three full budgets alone (the FLOP model is fitted on every run: the same law here)
     assert fit.params_opt.exponent == pytest.approx(alone.params_opt.exponent, rel=1e-9)
     assert fit.params_opt.exponent_ci == pytest.approx(alone.params_opt.exponent_ci, rel=1e-9)
 
 
+def test_isoflop_with_three_sizes_per_budget_interpolates_without_intervals():
+    points = synthetic(3, sizes=3, span=0.5)
+    fit = F.fit_isoflop(points, bootstrap=50, seed=0)
+    assert fit.residual_dof == 0 and fit.bootstrap == 0 and np.isnan(fit.params_opt.exponent_ci).all()
+    for budget, row in zip(BUDGETS, fit.budgets):
+        group = [p for p in points if p.budget == budget]
+        x, y = np.log([p.params for p in group]), np.log([p.loss for p in group])
+        c2, c1, _ = np.polyfit(x, y, 2)  # the parabola through the three points
+        assert row.params_opt == pytest.approx(math.exp(-c1 / (2 * c2)), rel=1e-9)
+
+
+def test_isoflop_leaves_out_a_budget_without_a_minimum():
+    points = synthetic(2)  # 4 budgets x 5 sizes
+    first = points[:5]
+    # the first budget's loss turned upside down in log N (a curve whose sizes miss the optimum, or noise)
+    peak = [F.RunPoint(p.name, p.params, p.examples, p.compute, p.budget, 1.0 / p.loss) for p in first]
+    fit = F.fit_isoflop(peak + points[5:], bootstrap=50, seed=0)
+    alone = F.fit_isoflop(points[5:], bootstrap=50, seed=0)
+    assert list(fit.left_out) == [BUDGETS[0]] and fit.left_out[BUDGETS[0]].startswith("not convex in log N")
+    assert [b.budget for b in fit.budgets] == list(BUDGETS[1:])
+    assert fit.params_opt.exponent == pytest.approx(alone.params_opt.exponent, rel=1e-9)
+    assert fit.examples_opt.exponent_ci == pytest.approx(alone.examples_opt.exponent_ci, rel=1e-9)
+
+
 def test_isoflop_errors_name_the_problem():
     points = synthetic(1)
     with pytest.raises(ValueError, match="at least two budgets"):
         F.fit_isoflop(points[:5])
-    with pytest.raises(ValueError, match="budgets .* have fewer"):
+    with pytest.raises(ValueError, match="budget .*: 2 model sizes"):
         F.fit_isoflop(points[:2] + points[5:10])
     concave = [F.RunPoint(p.name, p.params, p.examples, p.compute, p.budget, 1.0 / p.loss) for p in points]
     with pytest.raises(ValueError, match="not convex"):

@@ -158,7 +158,8 @@ class IsoFLOPFit:
     """Approach 2's result: per-budget vertices, ``params_opt`` N*(C) and ``examples_opt`` D*(C) power laws with
     bootstrap intervals on their exponents, and the optimum's examples per parameter D*/N* per budget (with its
     power law in C). ``bootstrap``: replicates drawn; ``bootstrap_failed``: those where some budget's parabola had no
-    minimum (left out of the intervals); ``residual_dof``: degrees of freedom the residual bootstrap rests on."""
+    minimum (left out of the intervals); ``residual_dof``: degrees of freedom the residual bootstrap rests on;
+    ``left_out``: ``{budget: why}`` for the budgets the power laws do not rest on."""
     budgets: tuple[IsoFLOPBudget, ...]
     params_opt: PowerLaw
     examples_opt: PowerLaw
@@ -167,14 +168,14 @@ class IsoFLOPFit:
     bootstrap: int
     bootstrap_failed: int
     residual_dof: int
-    left_out: Mapping[float, int] = dataclasses.field(default_factory=dict)
+    left_out: Mapping[float, str] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return dict(budgets=[dataclasses.asdict(b) for b in self.budgets], params_opt=self.params_opt.as_dict(),
                     examples_opt=self.examples_opt.as_dict(), examples_per_param=self.examples_per_param.as_dict(),
                     flops_model=self.flops_model.as_dict(), bootstrap=self.bootstrap,
                     bootstrap_failed=self.bootstrap_failed, residual_dof=self.residual_dof,
-                    left_out={f"{b:.6g}": n for b, n in self.left_out.items()})
+                    left_out={f"{b:.6g}": why for b, why in self.left_out.items()})
 
 
 def _group_by_budget(points: Sequence[RunPoint]) -> dict[float, list[RunPoint]]:
@@ -207,10 +208,11 @@ def _slopes(log_c: np.ndarray, log_y: np.ndarray) -> np.ndarray:
 
 def fit_isoflop(points: Sequence[RunPoint], bootstrap: int = 1000, level: float = DEFAULT_LEVEL,
                 seed: int = 0) -> IsoFLOPFit:
-    """Approach 2 on ``points`` grouped by ``budget``: a parabola of log L in log N per budget that has at least three
-    model sizes (budgets with fewer are left out: ``IsoFLOPFit.left_out``), its vertex N*, D* = C / (k N*^gamma)
-    with the measured compute model (fitted on every point), then power laws N*(C) and D*(C) across the budgets
-    fitted (at least two).
+    """Approach 2 on ``points`` grouped by ``budget``: a parabola of log L in log N per budget, its vertex N*,
+    D* = C / (k N*^gamma) with the measured compute model (fitted on every point), then power laws N*(C) and D*(C)
+    across the budgets (at least two). A budget is left out (``IsoFLOPFit.left_out``, with the reason) when it has
+    fewer than three model sizes or its parabola opens downwards (no minimum: its sizes do not bracket an optimum,
+    or noise hides it), as an isoFLOP analysis drops a curve it cannot read a minimum from.
 
     Intervals: a residual bootstrap. The parabolas' residuals, pooled over budgets and scaled by
     ``sqrt(n / (n - 3))`` for the fitted coefficients, are resampled onto every fitted curve; each replicate is
@@ -219,39 +221,44 @@ def fit_isoflop(points: Sequence[RunPoint], bootstrap: int = 1000, level: float 
     intervals are NaN (``residual_dof = 0``)."""
     points = list(points)
     _check_points(points, "isoFLOP fit")
-    groups = _group_by_budget(points)
-    left_out = {b: len({p.params for p in g}) for b, g in groups.items() if len({p.params for p in g}) < 3}
-    groups = {b: g for b, g in groups.items() if b not in left_out}
-    if len(groups) < 2:
-        raise ValueError(f"isoFLOP fit: needs at least two budgets with runs of at least three model sizes, got "
-                         f"{len(groups)}" + (f"; budgets {left_out} (budget: sizes) have fewer" if left_out else ""))
     flops = fit_flops_model(points)
-    budgets = np.array(list(groups))
-    xs = [np.log(np.array([p.params for p in g])) for g in groups.values()]
-    ys = [np.log(np.array([p.loss for p in g])) for g in groups.values()]
-
-    coefs = [_parabolas(x, y[None])[0] for x, y in zip(xs, ys)]
-    fitted = [np.polyval(c, x) for c, x in zip(coefs, xs)]
-    rows = []
-    for budget, c, x in zip(budgets, coefs, xs):
+    left_out: dict[float, str] = {}
+    budgets, xs, ys, coefs, rows = [], [], [], [], []
+    for budget, group in _group_by_budget(points).items():
+        x = np.log(np.array([p.params for p in group]))
+        if len(set(x)) < 3:
+            left_out[budget] = f"{len(set(x))} model sizes (fewer than three)"
+            continue
+        y = np.log(np.array([p.loss for p in group]))
+        c = _parabolas(x, y[None])[0]
         vertex = _vertices(c[None])[0]
         if not np.isfinite(vertex):
-            raise ValueError(f"isoFLOP fit: the loss of budget {budget:.3g} FLOPs is not convex in log N (parabola "
-                             f"coefficient {c[0]:.3g} <= 0): its sizes do not bracket an optimum; add smaller and "
-                             "larger models")
+            left_out[budget] = f"not convex in log N (parabola coefficient {c[0]:.3g} <= 0: no minimum)"
+            continue
         n_opt = math.exp(vertex)
+        budgets.append(budget)
+        xs.append(x)
+        ys.append(y)
+        coefs.append(c)
         rows.append(IsoFLOPBudget(float(budget), tuple(float(v) for v in c), n_opt, float(budget / flops(n_opt)),
                                   float(math.exp(np.polyval(c, vertex))), bool(x.min() <= vertex <= x.max()),
                                   len(x)))
+    if len(rows) < 2:
+        detail = "; ".join(f"budget {b:.3g}: {why}" for b, why in left_out.items())
+        raise ValueError(f"isoFLOP fit: needs at least two budgets with a minimum over at least three model sizes, "
+                         f"got {len(rows)}" + (f" (left out: {detail}); add smaller and larger models" if detail
+                                               else ""))
+    budgets = np.array(budgets)
+    fitted = [np.polyval(c, x) for c, x in zip(coefs, xs)]
     n_law = fit_power_law(budgets, [r.params_opt for r in rows])
     d_law = fit_power_law(budgets, [r.examples_opt for r in rows])
     ratio_law = fit_power_law(budgets, [r.examples_opt / r.params_opt for r in rows])
 
-    residuals = np.concatenate([(y - f) * math.sqrt(len(y) / (len(y) - 3)) for y, f in zip(ys, fitted)
-                                if len(y) > 3])
     dof = int(sum(len(y) - 3 for y in ys))
     failed = 0
     if bootstrap > 0 and dof > 0:
+        residuals = np.concatenate([(y - f) * math.sqrt(len(y) / (len(y) - 3)) for y, f in zip(ys, fitted)
+                                    if len(y) > 3])
         rng = np.random.default_rng(seed)
         log_c = np.log(budgets)
         log_n = np.empty((bootstrap, len(budgets)))

@@ -98,7 +98,8 @@ def render(report: Mapping, rows: Sequence[Mapping]) -> str:
                      f"models; D_opt = C / that at N_opt); residual degrees of freedom {iso['residual_dof']}, "
                      f"{iso['bootstrap_failed']} of {iso['bootstrap']} bootstrap replicates without a minimum")
         if iso.get("left_out"):
-            lines.append(f"- not fitted (fewer than three model sizes): budgets {iso['left_out']} (budget: sizes)")
+            for budget, why in iso["left_out"].items():
+                lines.append(f"- budget {budget} left out: {why}")
     else:
         lines.append(f"Not fitted: {report.get('isoflop_error')}")
     lines += ["", "## Approach 3: L(N, D) = E + A / N^alpha + B / D^beta", ""]
