@@ -20,20 +20,30 @@ log = logging.getLogger(__name__)
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
-def compiler_options(backend: str | None = None) -> dict[str, str]:
-    """The options :func:`compile_lowered` passes for the target platform ``backend`` ("cpu", "gpu", "tpu"; default:
-    JAX's default backend). Options that ``XLA_FLAGS`` sets are left to it."""
-    if (backend or jax.default_backend()) != "cpu":
+def compiler_options(platform: str) -> dict[str, str]:
+    """The options :func:`compile_lowered` passes for a program compiled for ``platform`` ("cpu", "gpu", "tpu": the
+    platform of the program's devices, which is not the host's backend when compiling ahead of time for other
+    devices). Options that ``XLA_FLAGS`` sets are left to it."""
+    if platform != "cpu":
         return {}
     flags = os.environ.get("XLA_FLAGS", "")
     return {name: value for name, value in CPU_COMPILER_OPTIONS.items() if name not in flags}
 
 
+def lowered_platform(lowered: jax.stages.Lowered) -> str:
+    """The platform ``lowered`` was lowered for: that of the devices of its shardings (or of the default device it
+    was placed on). Read from the lowering's compile arguments (jax keeps no public accessor); a jax whose lowering
+    lacks them gives JAX's default backend, the platform of every program without explicit devices."""
+    backend = getattr(getattr(lowered, "_lowering", None), "compile_args", {}).get("backend")
+    return str(getattr(backend, "platform", None) or jax.default_backend())
+
+
 def compile_lowered(lowered: jax.stages.Lowered, *, xla_defaults: bool = False,
                     platform: str | None = None) -> jax.stages.Compiled:
     """``lowered.compile()`` with :func:`compiler_options` of ``platform``, the platform the program was lowered for
-    (e.g. its mesh's ``devices.flat[0].platform``; default: JAX's default backend), or without them
+    (e.g. its mesh's ``devices.flat[0].platform``; default: :func:`lowered_platform`), or without them
     (``xla_defaults``). An XLA that does not know an option (another jax version) compiles with its defaults."""
+    platform = platform or lowered_platform(lowered)
     options = {} if xla_defaults else compiler_options(platform)
     if options:
         try:

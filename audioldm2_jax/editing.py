@@ -16,12 +16,10 @@ Masks (``True`` = regenerate, the convention of diffusers' inpainting pipelines)
 (seconds), a :class:`FrequencyBand` (Hz), or a boolean log-mel mask ``[T, mel_bins]``; a latent cell is
 regenerated when any of the ``f x f`` mel cells it decodes to is (f the VAE's scale factor, 4).
 
-Long clips: :func:`decode_in_chunks` decodes overlapping latent windows (VAE decoder then vocoder) one at a time
-inside the compiled program (``lax.scan``), each with a margin of context on both sides that is cropped away, and
-cross-fades neighbours linearly in the middle of their overlap, so memory is bounded by one window. The vocoder is
-convolutional: with margins wider than its receptive field its chunks equal the whole decode. The VAE decoder is not
-local (GroupNorm statistics and the mid-block attention span the whole latent), so its windows are an approximation;
-windows of the training length (10.24 s) keep it in the regime the VAE was trained in. ``docs/audio_to_audio.md``.
+Long clips: the VAE decoder is not local along time (GroupNorm statistics and the mid-block attention span the
+whole latent), so it is decoded exactly, layer by layer over windows (:func:`audioldm2_jax.models.vae_streaming.
+streamed_decode`); the vocoder is local, and :func:`decode_in_chunks` runs it over windows with margins of context
+inside a compiled program. ``docs/audio_to_audio.md``.
 """
 
 from __future__ import annotations
@@ -41,8 +39,8 @@ from audioldm2_jax.audio import mel as mel_lib
 from audioldm2_jax.diffusion.base import Sampler, lookup
 from audioldm2_jax.diffusion.ddim import DDIM_DEFAULTS, DDIMSampler
 from audioldm2_jax.diffusion.dpm_solver import DPMSolverMultistepSampler
-from audioldm2_jax.diffusion.pndm import PNDM_DEFAULTS, PNDMSampler
-from audioldm2_jax.diffusion.schedule import NoiseSchedule, read_scheduler_config, transfer_alphas
+from audioldm2_jax.diffusion.pndm import PNDM_DEFAULTS, RUNGE_KUTTA_MODES, PNDMSampler
+from audioldm2_jax.diffusion.schedule import NoiseSchedule, read_scheduler_config
 
 # AudioLDM's input normalisation: the waveform's peak after removing its mean (``normalize_wav`` then the 0.5 scale).
 INPUT_PEAK = 0.5
@@ -275,11 +273,11 @@ def strength_plan(sampler: Sampler, scheduler_config: Mapping[str, Any], num_inf
     - DDIM: the same steps (``prev = t - N // S``), the table rows from ``t_start`` on;
     - DPM-Solver++: ``set_begin_index(t_start)``; its first step is first order (no history yet), the rest as in
       the whole plan (the final-step rules count the whole plan's length, as diffusers does);
-    - PNDM without the Runge-Kutta warm-up (``skip_prk_steps``): its step counter starts again at the slice, so the
-      first two evaluations are PLMS's start and Heun-like restart, whatever timesteps they fall on (diffusers' own
-      behaviour, kept for parity);
-    - PNDM with the warm-up: diffusers' warm-up always restarts from the top of the schedule (``prk_timesteps``
-      indexed by its counter), which would treat the noised input as pure noise: refused for 0 < strength < 1.
+    - PNDM: its step counter starts again at the slice (diffusers' own behaviour, kept for parity). Without the
+      Runge-Kutta warm-up (``skip_prk_steps``) the first two evaluations are PLMS's start and Heun-like restart,
+      whatever timesteps they fall on; with it, the slice's first twelve evaluations are the warm-up's stages,
+      each transfer starting from the top of the whole schedule as ``step_prk`` does (the noised input is treated
+      as if it were at the top: diffusers' result, which DDIM or DPM-Solver++ avoid).
 
     Strength 0 is an empty plan (no denoising: the input latent is decoded as it is)."""
     t_start = start_step(num_inference_steps, strength)
@@ -294,34 +292,24 @@ def strength_plan(sampler: Sampler, scheduler_config: Mapping[str, Any], num_inf
         return _slice_tables(sampler, t_start, orders=np.concatenate([[1], sampler.orders[t_start + 1:]]).astype(
             np.int32), coef_d1=first_order(sampler.coef_d1), d1_scale=first_order(sampler.d1_scale)), t_start
     if isinstance(sampler, PNDMSampler):
-        if not sampler.skip_prk_steps:
-            raise ValueError(f"strength={strength:g} with the pndm sampler's Runge-Kutta warm-up: diffusers restarts "
-                             "the warm-up at the top of the schedule whatever the start, so a partly noised input "
-                             "cannot be continued; use scheduler 'ddim' or 'dpmsolver++', strength 1, or a scheduler "
-                             "config with skip_prk_steps=true (PLMS alone)")
-        return _plms_tail(sampler, scheduler_config, num_inference_steps, t_start), t_start
+        return _pndm_tail(scheduler_config, num_inference_steps, t_start), t_start
     raise ValueError(f"strength is not implemented for the {sampler.name!r} sampler")
 
 
-def _plms_tail(sampler: PNDMSampler, scheduler_config: Mapping[str, Any], num_inference_steps: int,
-               t_start: int) -> PNDMSampler:
-    """PLMS over ``timesteps[t_start:]`` with diffusers' step counter restarted: evaluation k transfers from
-    ``t_k`` to ``t_k - h`` except k = 1, which restarts from the kept sample, ``t_1 + h -> t_1``."""
-    c = read_scheduler_config(scheduler_config, PNDM_DEFAULTS, "PNDMSampler")
-    schedule = NoiseSchedule.from_diffusers(c)
-    stride = schedule.num_train_timesteps // num_inference_steps
-    timesteps = sampler.timesteps[t_start:].astype(np.int64)
-    current, previous = timesteps.copy(), timesteps - stride
-    if len(timesteps) > 1:
-        current[1], previous[1] = timesteps[1] + stride, timesteps[1]
-    abar = schedule.host_alphas_cumprod().astype(np.float64)
-    a_t, a_prev = transfer_alphas(abar, current, previous, bool(c["set_alpha_to_one"]))
-    f32 = lambda x: np.asarray(x, np.float64).astype(np.float32)  # noqa: E731
-    return dataclasses.replace(
-        sampler, timesteps=timesteps.astype(np.int32), modes=np.minimum(np.arange(len(timesteps)), 4).astype(np.int32),
-        coef_sample=f32(np.sqrt(a_prev / a_t)), coef_eps=f32(a_prev - a_t),
-        denominator=f32(a_t * np.sqrt(1 - a_prev) + np.sqrt(a_t * (1 - a_t) * a_prev)), sqrt_alpha=f32(np.sqrt(a_t)),
-        sqrt_one_minus_alpha=f32(np.sqrt(1 - a_t)))
+def _pndm_tail(scheduler_config: Mapping[str, Any], num_inference_steps: int, t_start: int) -> PNDMSampler:
+    """PNDM over diffusers' slice ``timesteps[t_start:]`` with its step counter restarted at the slice: evaluation
+    ``k`` combines the predictions as step ``k`` of the whole plan does (``modes[k]``), at the slice's ``k``-th
+    timestep. Transfers keep the whole plan's step ``k`` offsets (PLMS: ``t -> t - h``, and ``t + h -> t`` at
+    ``k = 1``, the Heun-like restart; Runge-Kutta: to ``t`` or ``t - h/2``), except that a Runge-Kutta stage
+    always starts from the top of the whole schedule (``PNDMScheduler.step_prk`` reads ``prk_timesteps`` by its
+    counter, whatever timestep it is given)."""
+    c, schedule, (timesteps, current, previous, modes) = PNDMSampler.plan(scheduler_config, num_inference_steps)
+    tail = timesteps[t_start:].astype(np.int64)
+    n = len(tail)
+    runge_kutta = np.isin(modes[:n], RUNGE_KUTTA_MODES)
+    current_tail = np.where(runge_kutta, current[:n], tail + current[:n] - timesteps[:n])
+    previous_tail = tail - (timesteps[:n] - previous[:n])
+    return PNDMSampler.from_plan(c, schedule, tail, current_tail, previous_tail, modes[:n])
 
 
 def noise_levels(sampler: Sampler, scheduler_config: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -402,86 +390,55 @@ def edit_start(sampler: Sampler, plan: EditPlan | None, eps, known, keep):
 
 @dataclasses.dataclass(frozen=True)
 class ChunkPlan:
-    """Overlapping windows over ``length`` latent frames, all in latent frames (host ints):
-
-    ``window``: frames each window keeps; ``margin``: context decoded on each side and cropped away;
-    ``crossfade``: the linear cross-fade between neighbours, centred in their overlap. ``starts[k]``: first kept
-    frame of window k; ``decode_starts[k]``: first decoded frame (the margin, clamped inside the clip);
-    ``fades[k]``: centre of the cross-fade with window k + 1."""
+    """Windows over ``length`` latent frames, in latent frames (host ints): ``window`` frames kept from each,
+    ``margin`` frames of context decoded on each side and cropped away. ``starts[k]``: first kept frame of window k
+    (every ``window`` frames; the last window ends at the clip's end, overlapping its neighbour, so that all have
+    one shape); ``decode_starts[k]``: its first decoded frame (the margin, clamped inside the clip)."""
 
     length: int
     window: int
     margin: int
-    crossfade: int
     starts: tuple[int, ...]
     decode_starts: tuple[int, ...]
-    fades: tuple[float, ...]
 
     @property
     def decode_length(self) -> int:
         return min(self.window + 2 * self.margin, self.length)
 
 
-def chunk_plan(length: int, window: int, margin: int, crossfade: int) -> ChunkPlan | None:
-    """The windows for ``length`` latent frames, None when one window covers the clip (decode it whole). Windows are
-    evenly spaced so that neighbours overlap by at least ``crossfade`` frames; ``crossfade <= window / 3`` keeps two
-    cross-fades from overlapping."""
-    if window < 1 or margin < 0 or crossfade < 1 or 3 * crossfade > window:
-        raise ValueError(f"chunked decoding: window={window}, margin={margin}, crossfade={crossfade} latent frames; "
-                         "need window >= 1, margin >= 0, 1 <= crossfade <= window / 3")
-    if length <= window + 2 * margin:
+def chunk_plan(length: int, window: int, margin: int) -> ChunkPlan | None:
+    """The windows for ``length`` latent frames, None when one window covers the clip (decode it whole)."""
+    if window < 1 or margin < 0:
+        raise ValueError(f"chunked decoding: window={window}, margin={margin} latent frames; need window >= 1, "
+                         "margin >= 0")
+    if length <= window:
         return None
-    count = int(math.ceil((length - crossfade) / (window - crossfade)))
-    starts = np.round(np.linspace(0, length - window, count)).astype(int)
-    decode = np.clip(starts - margin, 0, length - min(window + 2 * margin, length))
-    fades = [(starts[k + 1] + starts[k] + window) / 2 for k in range(count - 1)]
-    return ChunkPlan(length, window, margin, crossfade, tuple(int(s) for s in starts), tuple(int(s) for s in decode),
-                     tuple(float(c) for c in fades))
+    starts = [min(k * window, length - window) for k in range(-(-length // window))]
+    decode_length = min(window + 2 * margin, length)
+    decode = [min(max(s - margin, 0), length - decode_length) for s in starts]
+    return ChunkPlan(length, window, margin, tuple(starts), tuple(decode))
 
 
-def _fade_weights(n: int, offset, left_centre, right_centre, fade: float):
-    """Weights ``[n]`` of a window whose first kept unit is at global position ``offset``: a linear ramp up over
-    ``[left_centre - fade / 2, + fade)`` and down over ``[right_centre - fade / 2, + fade)`` (positions in units)."""
-    g = offset + jnp.arange(n, dtype=jnp.float32)
-    up = jnp.clip((g - (left_centre - fade / 2) + 0.5) / fade, 0.0, 1.0)
-    down = jnp.clip(((right_centre + fade / 2) - g - 0.5) / fade, 0.0, 1.0)
-    return jnp.minimum(up, down)
+def decode_in_chunks(decode: Callable, x, plan: ChunkPlan, frames_per_latent: int, samples_per_frame: int):
+    """Applies a decoder that is local along time (its output at a frame depends on the input within ``plan.margin``
+    latent frames of it: the vocoder) window by window (``lax.scan``: one window's activations live at a time).
+    ``x [B, plan.length * frames_per_latent, ...]``; ``decode(x window [B, D * frames_per_latent, ...]) -> [B, >=
+    D * frames_per_latent * samples_per_frame, ...]`` (D = ``plan.decode_length``). Each window's kept part is
+    written in place, so with margins as wide as the decoder's reach the result is the whole decode's:
+    ``[B, plan.length * frames_per_latent * samples_per_frame, ...]``."""
+    f, per = frames_per_latent, frames_per_latent * samples_per_frame
+    out_shape = jax.eval_shape(decode, jax.ShapeDtypeStruct((x.shape[0], plan.decode_length * f) + x.shape[2:],
+                                                            x.dtype))
+    out = jnp.zeros((x.shape[0], plan.length * per) + out_shape.shape[2:], out_shape.dtype)
+    xs = (np.asarray(plan.starts, np.int32), np.asarray(plan.decode_starts, np.int32))
 
+    def body(out, step):
+        start, decode_start = step
+        y = decode(jax.lax.dynamic_slice_in_dim(x, decode_start * f, plan.decode_length * f, axis=1))
+        y = jax.lax.dynamic_slice_in_dim(y, (start - decode_start) * per, plan.window * per, axis=1)
+        return jax.lax.dynamic_update_slice_in_dim(out, y, start * per, axis=1), None
 
-def decode_in_chunks(decode: Callable, latents, plan: ChunkPlan, frames_per_latent: int, samples_per_frame: int):
-    """Decodes ``latents [B, L, W, C]`` window by window (``lax.scan``: one window's activations live at a time):
-    ``decode(z [B, D, W, C]) -> (log_mel [B, D * f, F], wave [B, >= D * f * hop])``. Returns the cross-faded
-    ``(log_mel [B, L * f, F], wave [B, L * f * hop])``."""
-    f, hop = frames_per_latent, samples_per_frame
-    b, length = latents.shape[:2]
-    big = float(10 * length)  # the first window has nothing to fade in from, the last nothing to fade out to
-    lefts = np.array([-big] + list(plan.fades), np.float32)
-    rights = np.array(list(plan.fades) + [big], np.float32)
-    xs = (np.asarray(plan.starts, np.int32), np.asarray(plan.decode_starts, np.int32), lefts, rights)
-    mel_shape = jax.eval_shape(decode, jax.ShapeDtypeStruct((b, plan.decode_length) + latents.shape[2:],
-                                                            latents.dtype))[0]
-    out_mel = jnp.zeros((b, length * f, mel_shape.shape[-1]), jnp.float32)
-    out_wave = jnp.zeros((b, length * f * hop), jnp.float32)
-
-    def body(carry, x):
-        out_mel, out_wave = carry
-        start, decode_start, left, right = x
-        z = jax.lax.dynamic_slice_in_dim(latents, decode_start, plan.decode_length, axis=1)
-        mel, wave = decode(z)
-        crop = start - decode_start
-        mel = jax.lax.dynamic_slice_in_dim(mel.astype(jnp.float32), crop * f, plan.window * f, axis=1)
-        wave = jax.lax.dynamic_slice_in_dim(wave.astype(jnp.float32), crop * f * hop, plan.window * f * hop, axis=1)
-        w_mel = _fade_weights(plan.window * f, start * f, left * f, right * f, plan.crossfade * f)
-        w_wave = _fade_weights(plan.window * f * hop, start * f * hop, left * f * hop, right * f * hop,
-                               plan.crossfade * f * hop)
-        old_mel = jax.lax.dynamic_slice_in_dim(out_mel, start * f, plan.window * f, axis=1)
-        old_wave = jax.lax.dynamic_slice_in_dim(out_wave, start * f * hop, plan.window * f * hop, axis=1)
-        out_mel = jax.lax.dynamic_update_slice_in_dim(out_mel, old_mel + w_mel[None, :, None] * mel, start * f, 1)
-        out_wave = jax.lax.dynamic_update_slice_in_dim(out_wave, old_wave + w_wave[None] * wave, start * f * hop, 1)
-        return (out_mel, out_wave), None
-
-    (out_mel, out_wave), _ = jax.lax.scan(body, (out_mel, out_wave), xs)
-    return out_mel, out_wave
+    return jax.lax.scan(body, out, xs)[0]
 
 
 def as_list(audio) -> list:

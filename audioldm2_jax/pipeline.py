@@ -30,7 +30,8 @@ reference has a bug it is fixed and said so: waveforms are ranked against their 
 Audio to audio (``transfer``, ``inpaint``, ``super_resolve``, ``continue_audio``; :mod:`audioldm2_jax.editing`,
 docs/audio_to_audio.md): the input's VAE latent enters the same ``sample`` program, as the noised start of a
 transfer (a sampler plan cut at diffusers' image-to-image ``t_start``) or as the known cells re-imposed inside the
-loop; clips longer than ``decode_chunking.above_s`` are decoded window by window inside it.
+loop; clips longer than ``decode_chunking.above_s`` leave the program as latents and are decoded exactly after it,
+window by window (:class:`DecodeChunking`).
 
 Noise: prompt p's k-th waveform starts from ``normal(fold_in(key(seed_p), k))`` (``initial_latents``, drawn in a
 small compiled function of its own), so a clip depends on its own seed only, not on the batch it was generated in.
@@ -70,6 +71,7 @@ from audioldm2_jax.models.projection import AudioLDM2ProjectionModel, Projection
 from audioldm2_jax.models.t5 import T5Config, T5EncoderModel
 from audioldm2_jax.models.unet import AudioLDM2UNet, UNetConfig, context_dims
 from audioldm2_jax.models.vae import AutoencoderKL, VAEConfig
+from audioldm2_jax.models.vae_streaming import streamed_decode
 from audioldm2_jax.models.vits_text import VitsTextConfig, VitsTextEncoder, mark_end_of_phonemes
 from audioldm2_jax.models.vocoder import HifiGanVocoder, VocoderConfig
 from audioldm2_jax.parallel.partitioning import (
@@ -185,17 +187,48 @@ class Edit(Generation):
 
 @dataclasses.dataclass(frozen=True)
 class DecodeChunking:
-    """How long clips are decoded (VAE decoder, then vocoder) in overlapping windows, so that memory stays bounded
-    (:func:`audioldm2_jax.editing.decode_in_chunks`). Clips longer than ``above_s`` (default: three windows) are
-    chunked; ``window_s`` (default: the checkpoint's default duration, 10.24 s, the length the VAE and vocoder were
-    trained on) is kept from each window, ``margin_s`` of context decoded on each side and cropped, and neighbours
-    cross-faded over ``crossfade_s``. Set ``AudioLDM2Pipeline.decode_chunking`` to another instance (or None: never
-    chunk)."""
+    """How clips longer than ``above_s`` (default: three windows) are decoded, so that device memory stays bounded
+    by a window's: the sampling program returns their latents, then the VAE decoder runs layer by layer over
+    windows of ``window_s`` (default: the checkpoint's default duration, 10.24 s) with the whole clip's GroupNorm
+    statistics and attention (:func:`audioldm2_jax.models.vae_streaming.streamed_decode`), and the vocoder over the
+    same windows with ``margin_s`` of context decoded on each side and cropped (:func:`audioldm2_jax.editing.
+    decode_in_chunks`; at least the vocoder's reach, :func:`vocoder_reach_frames`, else a ValueError). Both are the
+    whole decode's result up to float32 rounding. Set ``AudioLDM2Pipeline.decode_chunking`` to another instance (or
+    None: always decode whole, inside the sampling program)."""
 
     window_s: float | None = None
     margin_s: float = 1.28
-    crossfade_s: float = 0.32
     above_s: float | None = None
+
+
+def vocoder_reach_frames(config: VocoderConfig) -> int:
+    """An upper bound on the mel frames on each side of a frame that HiFi-GAN's output samples there depend on:
+    ``conv_post`` (3 samples), then per stage, last first, the widest residual block (per dilation ``d``:
+    ``(k - 1) / 2 * (d + 1)`` samples) and the transposed convolution (``R`` output samples reach ``(R + k) / u``
+    input ones), then ``conv_pre`` (3 frames)."""
+    reach = 3
+    for u, k in reversed(tuple(zip(config.upsample_rates, config.upsample_kernel_sizes))):
+        reach += max(sum((rk - 1) // 2 * (d + 1) for d in dil)
+                     for rk, dil in zip(config.resblock_kernel_sizes, config.resblock_dilation_sizes))
+        reach = -(-(reach + k) // u)
+    return reach + 3
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledSampling:
+    """The sampling program :meth:`AudioLDM2Pipeline.compile_sampling` compiled: ``compiled`` (its
+    ``memory_analysis`` / ``cost_analysis``), the abstract ``args`` it was compiled for (``params`` first), the clip's
+    mel ``frames``, whether it runs classifier-free guidance (``cfg``: the UNet sees twice the rows), the denoising
+    loop's iterations (``loop_steps``: one UNet call each) and the decoding windows (``chunks``; None: the clip is
+    decoded whole)."""
+
+    compiled: Any
+    args: tuple
+    frames: int
+    cfg: bool
+    loop_steps: int
+    chunks: editing.ChunkPlan | None
+    compile_seconds: float
 
 
 class NonFiniteOutputError(FloatingPointError):
@@ -240,8 +273,8 @@ class AudioLDM2Pipeline:
     replicated, with a log line saying so).
 
     Recordings are edited with :meth:`transfer` (text-guided style transfer), :meth:`inpaint`,
-    :meth:`super_resolve` and :meth:`continue_audio`; clips longer than ``decode_chunking.above_s`` are decoded in
-    overlapping windows (:class:`DecodeChunking`).
+    :meth:`super_resolve` and :meth:`continue_audio`; clips longer than ``decode_chunking.above_s`` are decoded
+    exactly over windows, with device memory bounded by a window's (:class:`DecodeChunking`).
     """
 
     decode_chunking: DecodeChunking | None = DecodeChunking()
@@ -398,8 +431,13 @@ class AudioLDM2Pipeline:
             raise CheckpointError("pipeline components do not fit together:\n  " + "\n  ".join(problems))
 
     def _place_params(self, variables: dict[str, dict]) -> dict[str, dict]:
-        """Device arrays: on the default device, or sharded over ``self.mesh`` by logical axis names."""
+        """Device arrays: on the default device, or sharded over ``self.mesh`` by logical axis names. Abstract
+        parameters (``jax.ShapeDtypeStruct`` leaves: a pipeline that only compiles its programs, e.g. for a TPU
+        topology from a CPU host, :meth:`compile_sampling`) stay abstract, with the shardings they would have."""
+        abstract_leaves = any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(variables))
         if self.mesh is None:
+            if abstract_leaves:
+                return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), variables)
             return jax.device_put(variables)
         configs = dict(unet=("unet", self.unet_config), vae=("vae", self.vae_config),
                        vocoder=("vocoder", self.vocoder_config),
@@ -412,6 +450,8 @@ class AudioLDM2Pipeline:
         abstract["clap"] = _prune_like(clap_convert.abstract_params(self.clap_config), variables["clap"])
         with nn.logical_axis_rules(self.rules):
             shardings = {name: logical_to_shardings(abstract[name], self.mesh, self.rules) for name in variables}
+        if abstract_leaves:
+            return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), variables, shardings)
         # One device_put for the whole tree, from host arrays: JAX then copies each shard straight to its device
         # (a device array would be resliced by a small compiled program per shape).
         return jax.device_put(jax.device_get(variables), shardings)
@@ -954,8 +994,8 @@ class AudioLDM2Pipeline:
         mask_1 [R, L], guidance, known, keep) -> (waveforms [Bn, num_samples], log-mel [Bn, T, mel_bins], final
         latents [Bn, T/f, W, C])``; R = 2B with guidance (``[uncond; cond]``), else B: each conditioning row is
         repeated for its ``num_waveforms``. With an ``edit``, ``known [Bn, T/f, W, C]`` is the input's latents and
-        ``keep [Bn, T/f, W, 1]`` (masked edits) its known cells (:func:`audioldm2_jax.editing.edit_start`); with
-        ``chunks`` the decoders run window by window (:func:`audioldm2_jax.editing.decode_in_chunks`)."""
+        ``keep [Bn, T/f, W, 1]`` (masked edits) its known cells (:func:`audioldm2_jax.editing.edit_start`). With
+        ``chunks`` (a long clip) it returns the final latents only: :meth:`_decode_long` decodes them."""
         unet = self.unet
         decode = self._decode_fn()
 
@@ -974,11 +1014,9 @@ class AudioLDM2Pipeline:
 
             if loop.num_steps:  # a transfer at strength 0 runs no step (and its empty tables cannot be indexed)
                 x = sample_loop(loop, denoise, x, jax.random.key(loop_seed))
-            if chunks is None:
-                mel, waveforms = decode(params, x)
-            else:
-                mel, waveforms = editing.decode_in_chunks(lambda z: decode(params, z), x, chunks,
-                                                          self.vae_scale_factor, self.hop_length)
+            if chunks is not None:
+                return x
+            mel, waveforms = decode(params, x)
             return waveforms[:, :num_samples].astype(jnp.float32), mel.astype(jnp.float32), x
 
         return run
@@ -1004,10 +1042,31 @@ class AudioLDM2Pipeline:
         above_s = 3 * window_s if chunking.above_s is None else chunking.above_s
         if frames * self.seconds_per_frame <= above_s:
             return None
-        to_latent = lambda s: max(1, int(round(s / self.seconds_per_frame / self.vae_scale_factor)))  # noqa: E731
-        return editing.chunk_plan(frames // self.vae_scale_factor, to_latent(window_s),
-                                  int(round(chunking.margin_s / self.seconds_per_frame / self.vae_scale_factor)),
-                                  to_latent(chunking.crossfade_s))
+        f = self.vae_scale_factor
+        margin = int(math.ceil(chunking.margin_s / self.seconds_per_frame / f - 1e-9))
+        reach = vocoder_reach_frames(self.vocoder_config)
+        if margin * f < reach:
+            raise ValueError(f"decode_chunking.margin_s={chunking.margin_s} s ({margin * f} mel frames) is shorter "
+                             f"than the vocoder's reach ({reach} frames, {reach * self.seconds_per_frame:g} s): its "
+                             "windows would differ from the whole decode")
+        return editing.chunk_plan(frames // f, max(1, int(round(window_s / self.seconds_per_frame / f))), margin)
+
+    def _decode_long(self, latents: np.ndarray, plan: editing.ChunkPlan, num_samples: int, put,
+                     timings: Timings) -> tuple[np.ndarray, np.ndarray]:
+        """``latents [B, L, W, C]`` (scaled, host) -> ``(log-mel [B, L * f, mel_bins], waveforms [B, num_samples])``,
+        float32 host arrays: the VAE decoder streamed over ``plan.window`` latent frames at a time (exact: whole-clip
+        GroupNorm statistics and attention), then the vocoder over the plan's windows in one compiled program."""
+        z = np.asarray(latents, np.float32) / np.float32(self.vae_config.scaling_factor)  # as the program's z / s
+        mel = streamed_decode(self.vae, self.params["vae"], z, plan.window)[..., 0]  # [B, T, mel_bins]
+        vocoder, f, hop = self.vocoder, self.vae_scale_factor, self.hop_length
+
+        def vocode(params, mel):
+            return editing.decode_in_chunks(lambda m: vocoder.apply(params["vocoder"], m), mel, plan, f, hop)
+
+        args = (self.params, put(mel))
+        compiled = self._compile(("vocode", mel.shape, str(mel.dtype), plan), vocode, args, timings)
+        waveforms = np.asarray(jax.device_get(compiled(*args)), np.float32)[:, :num_samples]
+        return np.asarray(mel, np.float32), waveforms
 
     def _sample(self, request: _Request, conditioning: tuple, timings: Timings
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1015,6 +1074,22 @@ class AudioLDM2Pipeline:
         latents = request.latents
         if latents is None:
             latents = self.initial_latents(request.seeds, request.num_waveforms, request.frames)
+        with self._mesh_context(request.batch) as put:
+            key, fn, args = self._sample_program(request, conditioning, latents, put)
+            compiled = self._compile(key, fn, args, timings)
+            chunks = self._chunk_plan(request.frames)
+            if chunks is None:
+                waveforms, log_mel, final = (np.asarray(x, np.float32) for x in jax.device_get(compiled(*args)))
+            else:  # a long clip: the program returned its latents
+                final = np.asarray(jax.device_get(compiled(*args)), np.float32)
+                log_mel, waveforms = self._decode_long(final, chunks, request.num_samples, put, timings)
+        timings.sample += time.perf_counter() - start - (timings.compile - compile_before)
+        return waveforms, log_mel, final
+
+    def _sample_program(self, request: _Request, conditioning: tuple, latents, put) -> tuple[tuple, Callable, tuple]:
+        """``(cache key, fn, args)`` of the sampling program (:meth:`_sample_fn`) of ``request``: ``args`` placed by
+        ``put`` (from :meth:`_mesh_context`), ``latents [Bn, T/f, W, C]`` and ``conditioning`` (``_encode``'s) as
+        arrays or, to compile without running (:meth:`compile_sampling`), as ``jax.ShapeDtypeStruct``."""
         edit, chunks = request.edit, self._chunk_plan(request.frames)
         fn = self._sample_fn(request.sampler, request.cfg, request.num_samples, request.num_waveforms,
                              None if edit is None else edit.plan, chunks)
@@ -1023,15 +1098,11 @@ class AudioLDM2Pipeline:
         key = ("sample", request.batch, request.frames, request.sampler_key, request.cfg, request.num_samples,
                request.num_waveforms, None if edit is None else edit.plan.key, chunks
                ) + tuple(None if c is None else c.shape for c in conditioning)
-        with self._mesh_context(request.batch) as put:
-            args = (self.params, put(latents), put(loop_seed, batched=False), *(put(c) for c in conditioning),
-                    put(np.float32(request.guidance_scale), batched=False))
-            if edit is not None:
-                args += (put(edit.known), put(edit.keep))
-            compiled = self._compile(key, fn, args, timings)
-            waveforms, log_mel, final = (np.asarray(x, np.float32) for x in jax.device_get(compiled(*args)))
-        timings.sample += time.perf_counter() - start - (timings.compile - compile_before)
-        return waveforms, log_mel, final
+        args = (self.params, put(latents), put(loop_seed, batched=False), *(put(c) for c in conditioning),
+                put(np.float32(request.guidance_scale), batched=False))
+        if edit is not None:
+            args += (put(edit.known), put(edit.keep))
+        return key, fn, args
 
     # ------------------------------------------------------------------------------------------------------------
     # Ranking
@@ -1075,6 +1146,35 @@ class AudioLDM2Pipeline:
     # Compilation and placement
     # ------------------------------------------------------------------------------------------------------------
 
+    def compile_sampling(self, batch_size: int = 1, audio_length_in_s: float | None = None,
+                         num_inference_steps: int = 200, guidance_scale: float = 3.5, scheduler: str | None = None,
+                         eta: float = 0.0, max_new_tokens: int | None = None, prompt: str = "a sound",
+                         transcription: str | None = None) -> CompiledSampling:
+        """Compiles, without running anything, the sampling program :meth:`generate` runs for ``batch_size``
+        prompts (one waveform each) with these options (see :meth:`generate`): the denoising loop and the decoders
+        (:meth:`_sample_fn`; for a clip long enough to be decoded window by window, the loop alone: the windows are
+        decoded by programs of their own, not compiled here), on the pipeline's mesh. The text side is traced for
+        its output shapes only (``jax.eval_shape``) and every input is abstract, so a pipeline built with abstract
+        parameters (``jax.ShapeDtypeStruct`` leaves; :mod:`audioldm2_jax.plan` builds one for a TPU topology on a
+        CPU host) compiles it as well. The program is cached as generate's own: a later call of the same shapes reuses it."""
+        request = self._validate([prompt] * int(batch_size), None, transcription,
+                                 audio_length_in_s, num_inference_steps, guidance_scale, 1, scheduler, eta, 0, None,
+                                 max_new_tokens)
+        tokens, timings = request.tokens, Timings()
+        encode = self._encode_fn(len(request.prompts) if request.cfg else 0, request.max_new_tokens)
+        with self._mesh_context(tokens["clap_ids"].shape[0], abstract=True) as put:
+            _, conditioning = jax.eval_shape(encode, self.params, *(put(tokens[k]) for k in (
+                "clap_ids", "clap_mask", "ids_2", "mask_2")))
+        f = self.vae_scale_factor
+        latents = jax.ShapeDtypeStruct((request.batch, request.frames // f, self.vocoder_config.model_in_dim // f,
+                                        self.unet_config.in_channels), jnp.float32)
+        with self._mesh_context(request.batch, abstract=True) as put:
+            key, fn, args = self._sample_program(request, conditioning, latents, put)
+            compiled = self._compile(key, fn, args, timings)
+        return CompiledSampling(compiled=compiled, args=args, frames=request.frames, cfg=request.cfg,
+                                loop_steps=int(request.sampler.num_steps), chunks=self._chunk_plan(request.frames),
+                                compile_seconds=timings.compile)
+
     def _compile(self, key: tuple, fn: Callable, args: tuple, timings: Timings | None = None) -> Callable:
         """``jax.jit(fn)`` lowered (with the attention implementation of the target platform) and compiled
         (:func:`~audioldm2_jax.compilation.compile_lowered`) for ``args`` once per ``key``; the compile time is added
@@ -1092,12 +1192,17 @@ class AudioLDM2Pipeline:
         return self._compiled[key]
 
     @contextlib.contextmanager
-    def _mesh_context(self, batch: int):
+    def _mesh_context(self, batch: int, abstract: bool = False):
         """Yields ``put(array, batched=True)``, which places an input (host or device array): on the default device
         without a mesh; under a mesh split over the batch axes when they divide ``batch`` and the array's leading
-        dimension (replicated otherwise). Traces and runs inside the mesh and the logical-axis rules."""
+        dimension (replicated otherwise). Traces and runs inside the mesh and the logical-axis rules. ``abstract``:
+        ``put`` gives the ``jax.ShapeDtypeStruct`` of what it would place (arrays or ``ShapeDtypeStruct``), with the
+        same sharding, and places nothing."""
         if self.mesh is None:
-            yield lambda x, batched=True: None if x is None else jnp.asarray(x)
+            if abstract:
+                yield lambda x, batched=True: None if x is None else jax.ShapeDtypeStruct(x.shape, x.dtype)
+            else:
+                yield lambda x, batched=True: None if x is None else jnp.asarray(x)
             return
         rules, size = self.rules, batch_size_divisor(self.rules, self.mesh)
         if batch % size:
@@ -1111,8 +1216,11 @@ class AudioLDM2Pipeline:
         def put(x, batched=True):
             if x is None:
                 return None
-            x = x if isinstance(x, jax.Array) else np.asarray(x)
-            return jax.device_put(x, split if batched and x.shape[0] % size == 0 else whole)
+            x = x if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)) else np.asarray(x)
+            sharding = split if batched and x.shape[0] % size == 0 else whole
+            if abstract:
+                return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+            return jax.device_put(x, sharding)
 
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(rules):
             yield put

@@ -23,14 +23,15 @@ from audioldm2_jax import editing, sample
 from audioldm2_jax.audio import mel as mel_lib
 from audioldm2_jax.audio.io import write_wav
 from audioldm2_jax.diffusion import make_sampler, sample_loop
-from audioldm2_jax.pipeline import DecodeChunking
+from audioldm2_jax.pipeline import DecodeChunking, vocoder_reach_frames
 
 checkpoint, pipe = checkpoint_and_pipeline_fixtures("text")
 
 PROMPT = "a dog barks"
 DURATION = 0.36  # 36 mel frames, 9 latent frames (odd: the UNet's forced upsampling size)
 STEPS = 4
-CLASSES = {"ddim": DDIMScheduler, "dpmsolver++": DPMSolverMultistepScheduler, "pndm": PNDMScheduler}
+CLASSES = {"ddim": DDIMScheduler, "dpmsolver++": DPMSolverMultistepScheduler, "pndm": PNDMScheduler,
+           "pndm-prk": PNDMScheduler}
 
 
 def clip(seconds: float = DURATION, rate: int = 16000, seed: int = 0) -> np.ndarray:
@@ -41,8 +42,10 @@ def clip(seconds: float = DURATION, rate: int = 16000, seed: int = 0) -> np.ndar
 
 
 def published_config(name: str) -> dict:
+    """The published scheduler config; "pndm": PLMS alone (``skip_prk_steps``), "pndm-prk": with the Runge-Kutta
+    warm-up (the class default)."""
     config = dict(scheduler().config)
-    if name == "pndm":  # PLMS alone: diffusers' warm-up cannot start mid-schedule (refused, see below)
+    if name == "pndm":
         config["skip_prk_steps"] = True
     return config
 
@@ -61,23 +64,24 @@ def diffusers_img2img(name: str, config: dict, steps: int, strength: float):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["ddim", "dpmsolver++", "pndm"])
+@pytest.mark.parametrize("name", ["ddim", "dpmsolver++", "pndm", "pndm-prk"])
 def test_strength_schedule_and_steps_match_diffusers(name):
     """For each strength: the model runs at diffusers' ``get_timesteps`` slice, the input is noised as its
     scheduler's ``add_noise`` at the first of them, and stepping a toy denoiser from there gives diffusers' result
-    (DPM-Solver++ restarts first order; PLMS restarts its step counter)."""
+    (DPM-Solver++ restarts first order; PNDM restarts its step counter, with or without the warm-up)."""
     config, steps = published_config(name), 10
     x0 = np.random.default_rng(1).standard_normal((2, 6, 3, 4)).astype(np.float32)
     eps = np.random.default_rng(2).standard_normal(x0.shape).astype(np.float32)
     toy = lambda x, t, np_=jnp: 0.3 * x + 0.05 * np_.cos(t / 100.0)  # noqa: E731
     worst = 0.0
     for strength in (0.0, 0.1, 0.25, 0.5, 0.73, 0.99, 1.0):
-        sampler, t_start = editing.strength_plan(make_sampler(name, config, steps), config, steps, strength)
+        sampler, t_start = editing.strength_plan(make_sampler(name.removesuffix("-prk"), config, steps), config,
+                                                 steps, strength)
         sched, expected = diffusers_img2img(name, config, steps, strength)
         assert t_start == editing.start_step(steps, strength) == steps - min(int(steps * strength), steps)
         if strength == 0.0:  # no step: the input is decoded as it is (diffusers' slice is empty for DDIM / DPM)
             assert sampler.num_steps == 0
-            assert name == "pndm" or len(expected) == 0
+            assert name.startswith("pndm") or len(expected) == 0
             continue
         np.testing.assert_array_equal(sampler.timesteps, expected.numpy(), err_msg=f"{name} strength {strength}")
         signal, noise = editing.noise_levels(sampler, config)
@@ -90,17 +94,6 @@ def test_strength_schedule_and_steps_match_diffusers(name):
         ours = jax.jit(lambda x: sample_loop(sampler, lambda x, t: toy(x, t.astype(jnp.float32)), x))(start)
         worst = max(worst, assert_close(ours, ref.numpy(), rel=1e-5, what=f"{name} steps at strength {strength}"))
     print(f"{name}: worst relative error over the strengths {worst:.1e}")
-
-
-def test_pndm_warm_up_is_refused_mid_schedule():
-    """diffusers' PNDM warm-up (the class default) restarts at the top of the schedule whatever the slice: a partly
-    noised input cannot continue it. Strength 1 (the whole plan) and 0 (no step) work."""
-    config = dict(scheduler().config)
-    sampler = make_sampler("pndm", config, 10)
-    assert editing.strength_plan(sampler, config, 10, 1.0) == (sampler, 0)
-    assert editing.strength_plan(sampler, config, 10, 0.0)[0].num_steps == 0
-    with pytest.raises(ValueError, match="Runge-Kutta warm-up.*skip_prk_steps"):
-        editing.strength_plan(sampler, config, 10, 0.5)
 
 
 @pytest.mark.parametrize("name", ["ddim", "dpmsolver++", "pndm"])
@@ -254,44 +247,41 @@ def test_continuation_reproduces_the_prefix_latent(checkpoint, pipe):
 
 
 def test_chunked_vocoder_equals_whole_decoding(pipe):
-    """The vocoder is convolutional: with margins wider than its receptive field, windows cross-faded in the middle
-    of their overlap are the whole decode (within 1e-5 of the waveform's scale)."""
+    """The vocoder is local: with margins at least its reach (:func:`vocoder_reach_frames`), windows whose kept
+    parts are written in place (the last overlapping its neighbour) are the whole decode (within 1e-5 of the
+    waveform's scale)."""
+    assert vocoder_reach_frames(pipe.vocoder_config) <= 24
     mel = np.random.default_rng(5).normal(-2.0, 1.0, (2, 300, 16)).astype(np.float32)
     vocoder = lambda m: pipe.vocoder.apply(pipe.params["vocoder"], m)  # noqa: E731
     whole = np.asarray(jax.jit(vocoder)(mel))[:, :300 * 160]
-    plan = editing.chunk_plan(300, window=64, margin=24, crossfade=16)
-    assert len(plan.starts) == 6 and plan.starts[0] == 0 and plan.starts[-1] == 300 - 64
-    chunked = jax.jit(lambda z: editing.decode_in_chunks(lambda w: (w[..., 0], vocoder(w[..., 0])), z, plan, 1, 160))
-    mel_out, wave = (np.asarray(x) for x in chunked(mel[..., None]))
-    np.testing.assert_allclose(mel_out, mel, rtol=0, atol=1e-6)  # the cross-fade weights sum to one
+    plan = editing.chunk_plan(300, window=64, margin=24)
+    assert plan.starts == (0, 64, 128, 192, 236) and plan.decode_starts == (0, 40, 104, 168, 188)
+    wave = np.asarray(jax.jit(lambda m: editing.decode_in_chunks(vocoder, m, plan, 1, 160))(mel))
     err = assert_close(wave, whole, rel=1e-5, what="chunked vocoder")
     print(f"chunked vocoder: relative error {err:.1e}")
 
 
-def test_chunked_pipeline_decoding(pipe):
-    """Through the pipeline (``decode_chunking``), 1.6 s in 0.64 s windows (3 of them), on a strength-0 transfer
-    (the program decodes the input's latent: no UNet to compile). The program's output is the windows of
-    :func:`editing.decode_in_chunks` (within 1e-5: compiled apart), and its distance to the whole decode is the VAE
-    decoder's non-locality (GroupNorm statistics and the mid-block attention span the whole latent; the vocoder's
-    windows are exact, see above), here on random weights and windows this short: measured 8.6e-2 (log-mel) and
-    6.3e-2 (waveform) of the scale; a misplaced window would be of order 1."""
+def test_chunked_pipeline_decoding_equals_whole(pipe):
+    """Through the pipeline (``decode_chunking``): 1.6 s (40 latent frames) in 0.64 s windows (16 frames: 3
+    windows, the last overlapping), on a strength-0 transfer (the program decodes the input's latent: no UNet to
+    compile). The sampling program returns the latents, the VAE decoder is streamed with the whole clip's GroupNorm
+    statistics and attention, the vocoder runs in windows with margins: log-mel and waveform equal the whole decode
+    within 1e-5 of their scale (the windowed decoder this replaced differed by 8.6e-2 and 6.3e-2)."""
     chunked = copy.copy(pipe)
     chunked._compiled = dict(pipe._compiled)  # the text side's programs; the sampling program is new (its key)
-    chunked.decode_chunking = DecodeChunking(window_s=0.64, margin_s=0.24, crossfade_s=0.16, above_s=1.0)
+    chunked.decode_chunking = DecodeChunking(window_s=0.64, margin_s=0.24, above_s=1.0)
     plan = chunked._chunk_plan(160)
-    assert pipe._chunk_plan(160) is None and plan.starts == (0, 12, 24) and plan.decode_starts == (0, 6, 12)
+    assert pipe._chunk_plan(160) is None and plan.starts == (0, 16, 24) and plan.decode_starts == (0, 10, 12)
     out = chunked.transfer(clip(1.6), PROMPT, strength=0.0, num_inference_steps=STEPS, guidance_scale=2.5)
-    latents = jnp.asarray(out.input_latents.transpose(0, 2, 3, 1))
-    decode = pipe._decode_fn()
-    windows = jax.jit(lambda p, z: editing.decode_in_chunks(lambda w: decode(p, w), z, plan, 4, 160))
-    mel, wave = windows(pipe.params, latents)
-    assert_close(out.log_mel, mel, rel=1e-5, what="the pipeline's chunked log-mel")
-    assert_close(out.waveforms, np.asarray(wave)[:, :25600], rel=1e-5, what="the pipeline's chunked waveform")
-    mel, wave = jax.jit(decode)(pipe.params, latents)
-    mel_err = assert_close(out.log_mel, mel, rel=0.25, what="chunked vs whole log-mel")
-    wave_err = assert_close(out.waveforms, np.asarray(wave)[:, :25600], rel=0.25, what="chunked vs whole waveform")
+    latents = out.input_latents.transpose(0, 2, 3, 1)
+    mel, wave = jax.jit(pipe._decode_fn())(pipe.params, latents)
+    mel_err = assert_close(out.log_mel, mel, rel=1e-5, what="chunked vs whole log-mel")
+    wave_err = assert_close(out.waveforms, np.asarray(wave)[:, :25600], rel=1e-5, what="chunked vs whole waveform")
     print(f"chunked decoding of 1.6 s in {len(plan.starts)} windows vs whole: relative error log-mel {mel_err:.1e}, "
           f"waveform {wave_err:.1e}")
+    chunked.decode_chunking = DecodeChunking(window_s=0.64, margin_s=0.01, above_s=1.0)
+    with pytest.raises(ValueError, match="shorter than the vocoder's reach"):
+        chunked._chunk_plan(160)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -353,7 +343,6 @@ def test_bad_inputs_are_clear_errors(pipe, tmp_path, monkeypatch):
         (lambda: pipe.transfer(audio, PROMPT, strength=1.5, **kw), r"strength=1.5 must lie in \[0, 1\]"),
         (lambda: pipe.transfer(audio, PROMPT, strength=-0.1, **kw), "strength"),
         (lambda: pipe.transfer(audio, PROMPT, strength=float("nan"), **kw), "strength=nan must be a finite"),
-        (lambda: pipe.transfer(audio, PROMPT, strength=0.5, scheduler="pndm", **kw), "Runge-Kutta"),
         (lambda: pipe.transfer(str(tmp_path / "missing.wav"), PROMPT, **kw), "missing.wav.*no such file"),
         (lambda: pipe.transfer(str(broken), PROMPT, **kw), "cannot decode audio file.*broken.wav"),
         (lambda: pipe.transfer(str(silent), PROMPT, **kw), "silent.wav: the recording is silent"),

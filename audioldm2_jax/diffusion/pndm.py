@@ -51,6 +51,7 @@ PNDM_DEFAULTS = {
 # Which combination step i uses (index into the branches of PNDMSampler.step): the PLMS start, its Heun-like
 # restart, Adams-Bashforth of order 2-4, and the four stages of a Runge-Kutta step.
 _FIRST, _HEUN, _AB2, _AB3, _AB4, _RK1, _RK2, _RK3, _RK4 = range(9)
+RUNGE_KUTTA_MODES = (_RK1, _RK2, _RK3, _RK4)
 # diffusers' Runge-Kutta order (the history length the warm-up leaves: PNDMScheduler.pndm_order).
 _PNDM_ORDER = 4
 
@@ -78,6 +79,14 @@ class PNDMSampler(Sampler):
         ``d`` is read with diffusers' rules (:func:`~audioldm2_jax.diffusion.schedule.read_scheduler_config`):
         PNDM's own defaults for what it lacks or lists in ``_use_default_values``, so without ``skip_prk_steps``
         the plan starts with the Runge-Kutta warm-up (which needs ``num_inference_steps >= 4``)."""
+        c, schedule, plan = cls.plan(d, num_inference_steps)
+        return cls.from_plan(c, schedule, *plan)
+
+    @staticmethod
+    def plan(d: Mapping[str, Any], num_inference_steps: int):
+        """``(config, noise schedule, (timesteps, transfer start, transfer end, modes))`` of ``d`` at
+        ``num_inference_steps``: the config read with diffusers' rules and the int ``[steps]`` arrays of the plan
+        (PLMS alone: ``S + 1`` evaluations; with the warm-up ``12 + S - 3``)."""
         owner = "PNDMSampler"
         c = read_scheduler_config(d, PNDM_DEFAULTS, owner)
         skip_prk = _check_bool(c["skip_prk_steps"], "skip_prk_steps", owner)
@@ -90,22 +99,28 @@ class PNDMSampler(Sampler):
         ascending = offset_timesteps(spacing, n, steps, offset, owner)[::-1]
         stride = n // steps
         if skip_prk:
-            timesteps, current, previous, modes = _plms_plan(ascending, stride)
-        else:
-            if steps < _PNDM_ORDER:
-                raise ValueError(f"{owner}: num_inference_steps={steps} is too few for the Runge-Kutta warm-up "
-                                 f"(at least {_PNDM_ORDER}; or set skip_prk_steps=true in the scheduler config)")
-            timesteps, current, previous, modes = _prk_plan(ascending, stride)
+            return c, schedule, _plms_plan(ascending, stride)
+        if steps < _PNDM_ORDER:
+            raise ValueError(f"{owner}: num_inference_steps={steps} is too few for the Runge-Kutta warm-up "
+                             f"(at least {_PNDM_ORDER}; or set skip_prk_steps=true in the scheduler config)")
+        return c, schedule, _prk_plan(ascending, stride)
 
+    @classmethod
+    def from_plan(cls, c: Mapping[str, Any], schedule: NoiseSchedule, timesteps: np.ndarray, current: np.ndarray,
+                  previous: np.ndarray, modes: np.ndarray) -> "PNDMSampler":
+        """The sampler of a plan (:meth:`plan`'s arrays, or a part of them): the transfer tables from
+        ``current -> previous`` at every step, the model evaluated at ``timesteps``."""
+        owner = "PNDMSampler"
         abar = schedule.host_alphas_cumprod().astype(np.float64)
         a_t, a_prev = transfer_alphas(abar, current, previous,
                                       _check_bool(c["set_alpha_to_one"], "set_alpha_to_one", owner))
         denominator = a_t * np.sqrt(1 - a_prev) + np.sqrt(a_t * (1 - a_t) * a_prev)
         return cls(
-            name="pndm", timesteps=timesteps.astype(np.int32), prediction_type=schedule.prediction_type,
-            modes=modes.astype(np.int32), coef_sample=as_table(np.sqrt(a_prev / a_t)),
+            name="pndm", timesteps=np.asarray(timesteps).astype(np.int32), prediction_type=schedule.prediction_type,
+            modes=np.asarray(modes).astype(np.int32), coef_sample=as_table(np.sqrt(a_prev / a_t)),
             coef_eps=as_table(a_prev - a_t), denominator=as_table(denominator), sqrt_alpha=as_table(np.sqrt(a_t)),
-            sqrt_one_minus_alpha=as_table(np.sqrt(1 - a_t)), skip_prk_steps=skip_prk)
+            sqrt_one_minus_alpha=as_table(np.sqrt(1 - a_t)),
+            skip_prk_steps=_check_bool(c["skip_prk_steps"], "skip_prk_steps", owner))
 
     def init_state(self, sample):
         dtype = compute_dtype(sample)

@@ -6,6 +6,8 @@ host and prints, per chip, memory against HBM, FLOPs, a roofline step time and t
         --mesh data=64,fsdp=4 --remat full
     python -m audioldm2_jax.plan --config configs/scaling.py:ldm,preset=xl --topology v4-64 --sweep
     python -m audioldm2_jax.plan --config configs/audioldm2_base.py:ldm --topology 2xh100-8   # an estimate
+    python -m audioldm2_jax.plan --config configs/audioldm2_large.py:ldm --topology v5e-8 --sample --batch-size 8 \
+        --steps 200 --seconds 10.24 --guidance 3.5      # the pipeline's sampling program (no weights)
 
 Topologies: docs/pods.md and :mod:`audioldm2_jax.plan.topology`. TPU programs come from libtpu's compiler
 (``pip install "jax[tpu]"``; no TPU needed); GPU clusters are estimates from the CPU-compiled program.
@@ -22,6 +24,7 @@ import sys
 
 from audioldm2_jax.plan import report
 from audioldm2_jax.plan.topology import cpu_device_flag, parse_topology
+from audioldm2_jax.plan.sampling import plan_sampling
 from audioldm2_jax.plan.training import input_bytes, plan_step, sweep
 from audioldm2_jax.train.config import ConfigError, load_config_file
 
@@ -83,6 +86,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--micro-batch-counts", default="1", help="sweep: micro-batch counts")
     parser.add_argument("--inputs-only", action="store_true", help="no compile: only the bytes of the step's inputs "
                                                                    "(train state, frozen networks, batch) per chip")
+    parser.add_argument("--sample", action="store_true", help="plan the pipeline of the config's networks: its "
+                                                              "sampling program (denoising loop and decoders) for a "
+                                                              "batch of --batch-size prompts")
+    parser.add_argument("--steps", type=int, default=200, help="sample: sampler steps (default 200)")
+    parser.add_argument("--seconds", type=float, default=None, help="sample: clip length (default: the config's "
+                                                                   "data.clip_seconds)")
+    parser.add_argument("--guidance", type=float, default=3.5, help="sample: guidance scale; above 1 classifier-free "
+                                                                   "guidance doubles the UNet's batch (default 3.5)")
+    parser.add_argument("--scheduler", default=None, help="sample: ddim, dpmsolver++ or pndm (default ddim, the "
+                                                          "exported scheduler)")
+    parser.add_argument("--text-tokens", type=int, default=None,
+                        help="sample: the T5 stream's length the UNet attends to (the T5 tokenizer's "
+                             "model_max_length; default the config's text.t5_max_length; published: 512)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
@@ -96,7 +112,19 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config_file(args.config)
         apply_overrides(config, args.set)
         option = ast.literal_eval(args.option) if args.option is not None else None
-        if args.inputs_only:
+        if args.sample:
+            if args.sweep or args.inputs_only or args.remat or args.micro_batches or args.option:
+                raise ValueError("--sample plans the sampling program: --sweep, --inputs-only, --remat, "
+                                 "--micro-batches and --option are the training step's")
+            if args.steps < 1:
+                raise ValueError(f"--steps {args.steps}: the sampler takes at least one step")
+            plan, _, _ = plan_sampling(config, topology, batch_size=args.batch_size, steps=args.steps,
+                                       seconds=args.seconds, guidance=args.guidance,
+                                       mesh=parse_mesh(args.mesh) if args.mesh else None, scheduler=args.scheduler,
+                                       text_tokens=args.text_tokens)
+            print(report.sample_report(plan))
+            figures = sample_figures_of(plan)
+        elif args.inputs_only:
             figures = input_bytes(config, topology, batch_size=args.batch_size,
                                   mesh=parse_mesh(args.mesh) if args.mesh else None)
             print(f"step inputs per chip on {topology.describe()} (not compiled: no temporaries, FLOPs or step time): "
@@ -136,11 +164,25 @@ def figures_of(plan) -> dict:
     """The plan's figures as JSON-ready values."""
     return dict(topology=plan.topology.name, chips=plan.topology.num_chips, estimate=plan.topology.estimate,
                 stage=plan.stage, mesh=plan.mesh, batch_size=plan.batch_size, micro_batches=plan.micro_batches,
-                remat=plan.remat, option=plan.options, state_bytes=plan.state_bytes, frozen_bytes=plan.frozen_bytes,
+                remat=plan.remat, option=plan.options, compute_dtype=plan.compute_dtype, prng_impl=plan.prng_impl,
+                state_bytes=plan.state_bytes, frozen_bytes=plan.frozen_bytes,
                 argument_bytes=plan.argument_bytes, temp_bytes=plan.temp_bytes, total_bytes=plan.total_bytes,
                 hbm_bytes=plan.topology.chip.hbm_bytes, fits=plan.fits, flops=plan.flops,
                 bytes_accessed=plan.bytes_accessed, step_seconds=plan.step_seconds,
                 examples_per_second=plan.examples_per_second, utilisation=plan.utilisation,
+                compile_seconds=plan.compile_seconds)
+
+
+def sample_figures_of(plan) -> dict:
+    """A sampling plan's figures as JSON-ready values (per chip; FLOPs and bytes per generated batch)."""
+    return dict(topology=plan.topology.name, chips=plan.topology.num_chips, estimate=plan.topology.estimate,
+                program="sample", mesh=plan.mesh, batch_size=plan.batch_size, steps=plan.steps, seconds=plan.seconds,
+                guidance=plan.guidance, compute_dtype=plan.compute_dtype,
+                prng_impl=plan.prng_impl, param_bytes=plan.param_bytes, argument_bytes=plan.argument_bytes,
+                temp_bytes=plan.temp_bytes, total_bytes=plan.total_bytes, hbm_bytes=plan.topology.chip.hbm_bytes,
+                fits=plan.fits, program_flops=plan.program_flops, decode_flops=plan.decode_flops,
+                step_flops=plan.step_flops, flops=plan.flops, bytes_accessed=plan.bytes_accessed,
+                batch_seconds=plan.batch_seconds, clips_per_second=plan.clips_per_second,
                 compile_seconds=plan.compile_seconds)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from audioldm2_jax.plan.topology import GiB
+from audioldm2_jax.plan.sampling import SamplePlan
 from audioldm2_jax.plan.training import StepPlan, SweepResult
 
 
@@ -15,7 +16,7 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3g} ms"
 
 
-def estimate_note(plan: StepPlan) -> str:
+def estimate_note(plan: StepPlan | SamplePlan) -> str:
     if not plan.topology.estimate:
         return "compiled by the TPU compiler (libtpu) for this topology"
     return ("ESTIMATE: no GPU compiler here; FLOPs and bytes are the CPU-compiled program's, its temporaries "
@@ -30,8 +31,8 @@ def step_report(plan: StepPlan) -> str:
         f"{plan.stage} training step on {plan.topology.describe()}",
         f"  {estimate_note(plan)}",
         f"  layout: {plan.layout}; global batch {plan.batch_size} ({per_chip:g} per batch shard); step option "
-        f"{plan.options!r}; {plan.trainable_params / 1e6:.1f}M trainable parameters; compiled in "
-        f"{plan.compile_seconds:.0f} s",
+        f"{plan.options!r}; {plan.trainable_params / 1e6:.1f}M trainable parameters; {plan.compute_dtype} compute, "
+        f"{plan.prng_impl} keys; compiled in {plan.compile_seconds:.0f} s",
         "  per chip:",
         f"    parameters + optimizer state + EMA  {gib(plan.state_bytes)}  (logical bytes of the train state's shard)",
         f"    frozen networks                     {gib(plan.frozen_bytes)}",
@@ -69,3 +70,33 @@ def sweep_report(result: SweepResult) -> str:
         lines.append("")
         lines.append(estimate_note(result.plans[0]))
     return "\n".join(lines)
+
+
+def sample_report(plan: SamplePlan) -> str:
+    """The per-chip figures of one sampling plan, as lines of text."""
+    chip = plan.topology.chip
+    axes = " x ".join(f"{k} {v}" for k, v in plan.mesh.items() if int(v) > 1) or "1 chip"
+    rows = [
+        f"sampling program on {plan.topology.describe()}",
+        f"  {estimate_note(plan)}",
+        f"  layout: {axes}; {plan.batch_size} prompts of {plan.seconds:g} s, {plan.steps} denoising steps, "
+        f"{'classifier-free guidance (the UNet sees twice the rows)' if plan.guidance else 'no guidance'}; "
+        f"{plan.compute_dtype} compute; compiled in {plan.compile_seconds:.0f} s (the program, and its decoders "
+        "alone); the text encoders' program (once per batch) is not included",
+        "  per chip:",
+        f"    UNet, VAE decoder, vocoder params   {gib(plan.param_bytes)}  (logical bytes of their shard)",
+        f"    inputs as laid out on the chip      {gib(plan.argument_bytes)}  (memory_analysis: arguments)",
+        f"    temporaries                         {gib(plan.temp_bytes)}",
+        f"    outputs not written in place        {gib(plan.output_bytes - plan.alias_bytes)}",
+        f"    total                               {gib(plan.total_bytes)} of {gib(chip.hbm_bytes)}: "
+        f"{'fits' if plan.fits else 'DOES NOT FIT'} ({plan.total_bytes / chip.hbm_bytes:.0%})",
+        f"    FLOPs per denoising step            {plan.step_flops / 1e12:.4g} TFLOP",
+        f"    FLOPs per batch                     {plan.flops / 1e12:.4g} TFLOP  ({plan.steps} steps + decoding; "
+        "XLA counts a loop's body once: the other iterations are added)",
+        f"    HBM traffic per batch               {plan.bytes_accessed / 1e9:.4g} GB",
+        f"    roofline time per batch             {ms(plan.batch_seconds)} ({plan.bound}-bound: compute "
+        f"{ms(plan.compute_seconds)} at {chip.peak_bf16_flops / 1e12:.0f} TFLOP/s, HBM "
+        f"{ms(plan.memory_seconds)} at {chip.hbm_bytes_per_s / 1e9:.0f} GB/s; communication not counted)",
+        f"    clips/s                             {plan.clips_per_second:.2f} (whole topology)",
+    ]
+    return "\n".join(rows)

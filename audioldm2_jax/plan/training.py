@@ -42,8 +42,41 @@ REMAT_NETWORKS = ("unet", "vae", "gpt2")
 TOKENIZER_CACHE = Path(tempfile.gettempdir()) / "audioldm2_jax_plan_tokenizers"
 
 
+class Roofline:
+    """Memory and roofline figures of a program compiled for a topology, from its per-chip analyses: the plans'
+    common part. A plan holds ``topology``, ``argument_bytes``, ``output_bytes``, ``alias_bytes``, ``temp_bytes``,
+    ``flops`` and ``bytes_accessed`` (per chip, one call of what it plans)."""
+
+    @property
+    def total_bytes(self) -> int:
+        """Peak device memory of the program: its inputs, its outputs not written in place, its temporaries."""
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.total_bytes <= self.topology.chip.hbm_bytes
+
+    @property
+    def compute_seconds(self) -> float:
+        return self.flops / self.topology.chip.peak_bf16_flops
+
+    @property
+    def memory_seconds(self) -> float:
+        return self.bytes_accessed / self.topology.chip.hbm_bytes_per_s
+
+    @property
+    def roofline_seconds(self) -> float:
+        """The larger of compute at peak and HBM traffic at full bandwidth (communication between chips is not
+        counted: a lower bound)."""
+        return max(self.compute_seconds, self.memory_seconds)
+
+    @property
+    def bound(self) -> str:
+        return "compute" if self.compute_seconds >= self.memory_seconds else "HBM bandwidth"
+
+
 @dataclasses.dataclass
-class StepPlan:
+class StepPlan(Roofline):
     """One compiled training step on one topology; byte and FLOP figures are per chip."""
 
     topology: Topology
@@ -64,33 +97,13 @@ class StepPlan:
     bytes_accessed: float  # cost_analysis: HBM traffic of one step
     compile_seconds: float
     trainable_params: int = 0
-
-    @property
-    def total_bytes(self) -> int:
-        """Peak device memory of the step: its inputs, its outputs not written in place, its temporaries."""
-        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
-
-    @property
-    def fits(self) -> bool:
-        return self.total_bytes <= self.topology.chip.hbm_bytes
-
-    @property
-    def compute_seconds(self) -> float:
-        return self.flops / self.topology.chip.peak_bf16_flops
-
-    @property
-    def memory_seconds(self) -> float:
-        return self.bytes_accessed / self.topology.chip.hbm_bytes_per_s
+    compute_dtype: str = ""  # the stage's compute dtype ("auto" resolved by the mesh's platform)
+    prng_impl: str = ""  # the PRNG implementation the program's keys use
 
     @property
     def step_seconds(self) -> float:
-        """The roofline step time: the larger of compute at peak and HBM traffic at full bandwidth (communication
-        between chips is not counted: a lower bound)."""
-        return max(self.compute_seconds, self.memory_seconds)
-
-    @property
-    def bound(self) -> str:
-        return "compute" if self.compute_seconds >= self.memory_seconds else "HBM bandwidth"
+        """The roofline step time (:attr:`Roofline.roofline_seconds`)."""
+        return self.roofline_seconds
 
     @property
     def examples_per_second(self) -> float:
@@ -126,9 +139,11 @@ def planning_config(config, topology: Topology, *, batch_size: int | None = None
     - the data source the procedural one, at the config's clip length (the batch shapes are what matter), read in
       the main process;
     - caption tokenizers made under ``tokenizer_dir`` where the config names no existing folder;
-    - ``compute_dtype="auto"`` resolved for the target (bfloat16 on accelerators: the host's backend is a CPU);
-      for GPU estimates ``model.attention="auto"`` becomes "xla" (the fused cuDNN kernel cannot compile on a CPU,
-      and the CPU's per-head attention loop would hide its FLOPs from the cost analysis);
+    - for GPU estimates, whose mesh is made of CPU devices standing in for the GPUs, what "auto" would choose by
+      the mesh's platform is chosen for the GPU instead: ``compute_dtype`` bfloat16 and ``model.attention`` "xla"
+      (the fused cuDNN kernel cannot compile on a CPU, and the CPU's per-head attention loop would hide its FLOPs
+      from the cost analysis). TPU plans keep "auto": the trainer resolves it by the platform of its mesh's
+      devices, which is the TPU's, whatever the host's backend (the PRNG: :func:`plan_step`);
     - ``batch_size``, ``mesh`` (``{"data": ..., "fsdp": ..., "tensor": ...}``), ``grad_accum_steps`` and the remat
       policy of every network that has one, when given.
     """
@@ -145,10 +160,11 @@ def planning_config(config, topology: Topology, *, batch_size: int | None = None
                         text_lib.build_caption_tokenizers(Path(tokenizer_dir or TOKENIZER_CACHE), vocab_size=200)))
         for key in missing:
             c.text[key] = str(made[key])
-    if c.compute_dtype == "auto":
-        c.compute_dtype = "bfloat16"
-    if topology.estimate and c.model.get("attention", "auto") == "auto":
-        c.model.attention = "xla"
+    if topology.estimate:
+        if c.compute_dtype == "auto":
+            c.compute_dtype = jnp.dtype(config_lib.resolve_compute_dtype("auto", topology.chip.platform)).name
+        if c.model.get("attention", "auto") == "auto":
+            c.model.attention = "xla"
     c.log.progress_bar = False
     c.log.tensorboard = False
     if batch_size is not None:
@@ -162,6 +178,12 @@ def planning_config(config, topology: Topology, *, batch_size: int | None = None
             if net in c.model:
                 c.model[net].remat = remat
     return c
+
+
+def prng_impl_of(config, topology: Topology) -> str:
+    """The PRNG implementation a run of ``config`` on ``topology``'s chips uses (``config.prng_impl``; "auto"
+    resolved for the chips' platform, not the host's)."""
+    return config_lib.resolve_prng_impl(config.get("prng_impl", "auto"), topology.chip.platform) or "threefry2x32"
 
 
 def remat_of(config) -> str:
@@ -240,10 +262,14 @@ def plan_step(config, topology: Topology, devices: Sequence | None = None, optio
     """Compiles the training step of ``config`` (``overrides``: :func:`planning_config`'s ``batch_size``, ``mesh``,
     ``remat``, ``micro_batches``, ``tokenizer_dir``) for ``topology`` and returns ``(plan, compiled)``."""
     c = planning_config(config, topology, **overrides)
-    trainer = build_trainer(c, topology, devices)
-    state, frozen, batch, key = abstract_arguments(trainer)
-    option = step_option(trainer, option)
-    compiled = trainer.compile(state, frozen, batch, key, option)
+    impl = prng_impl_of(c, topology)
+    # jax's PRNG implementation is process-wide (a training process sets it for its own devices: unsafe_rbg on a
+    # CPU host, config.resolve_prng_impl); the plan's keys and random bits are those of a run on the topology's chips
+    with jax.default_prng_impl(impl):
+        trainer = build_trainer(c, topology, devices)
+        state, frozen, batch, key = abstract_arguments(trainer)
+        option = step_option(trainer, option)
+        compiled = trainer.compile(state, frozen, batch, key, option)
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -255,7 +281,8 @@ def plan_step(config, topology: Topology, devices: Sequence | None = None, optio
         alias_bytes=int(memory.alias_size_in_bytes), temp_bytes=int(memory.temp_size_in_bytes),
         flops=float(compiled_flops(compiled) or 0.0), bytes_accessed=float(cost.get("bytes accessed", 0.0)),
         compile_seconds=float(trainer.compile_seconds[option]),
-        trainable_params=sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainer.abstract_state.params)))
+        trainable_params=sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainer.abstract_state.params)),
+        compute_dtype=jnp.dtype(trainer.stage.dtype).name, prng_impl=impl)
     return plan, compiled
 
 

@@ -507,17 +507,32 @@ def set_model_config(config, name: str, instance) -> None:
     config.model[name] = ml_collections.ConfigDict(values, type_safe=False)
 
 
-def resolve_compute_dtype(name: str):
-    """``"auto"``: bfloat16 where the backend computes it natively (GPU, TPU), float32 on CPU."""
+def resolve_compute_dtype(name: str, platform: str | None = None):
+    """``"auto"``: bfloat16 where ``platform`` computes it natively (GPU, TPU), float32 on CPU; other names as
+    given. ``platform`` is that of the devices the program is compiled for (``mesh.devices.flat[0].platform``),
+    which is not the host's when compiling ahead of time for other devices (a TPU topology planned on a CPU host:
+    ``audioldm2_jax.plan``); None means JAX's default backend, right only for a program that runs on the process's
+    default devices."""
     if name == "auto":
-        return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+        return jnp.float32 if (platform or jax.default_backend()) == "cpu" else jnp.bfloat16
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
-def resolve_prng_impl(name: str) -> str | None:
-    """The ``jax_default_prng_impl`` to set, or None to keep jax's default."""
+def resolve_prng_impl(name: str, platform: str | None = None) -> str | None:
+    """The ``jax_default_prng_impl`` for programs compiled for ``platform`` (as in :func:`resolve_compute_dtype`;
+    None: JAX's default backend), or None to keep jax's default (threefry2x32). ``"auto"``: "unsafe_rbg" on CPU
+    (XLA:CPU compiles threefry's initialisers for minutes), jax's default on GPU and TPU.
+
+    The implementation is process-wide, not per mesh, and a run sets it once (``train.loop.setup_runtime``) for the
+    devices it runs on, which are the default backend's. Choosing it per mesh would be unsound: a typed key carries
+    its implementation, so keys made under one cannot enter a program traced under another, and the run's random
+    stream (which the trainer re-derives from ``config.seed`` at every start, never from a checkpoint) would change
+    between programs of one run and on resumption. Only a program compiled for other devices than the process's own
+    (the planner's) scopes it to that compile with ``with jax.default_prng_impl(...)``, so that the program uses the
+    random-bit generator a run on those devices would. A run resumed on another platform under "auto" therefore
+    draws another (equally valid) noise stream; set ``prng_impl`` explicitly to keep one across platforms."""
     if name == "auto":
-        return "unsafe_rbg" if jax.default_backend() == "cpu" else None
+        return "unsafe_rbg" if (platform or jax.default_backend()) == "cpu" else None
     return name
 
 

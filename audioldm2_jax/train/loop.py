@@ -87,7 +87,8 @@ def setup_runtime(config) -> None:
             f"{settings.num_processes} ({dist.ENV_NUM_PROCESSES}); pass --config.distributed=auto")
     if mode == "on" or (mode == "auto" and dist.launched_multiprocess(settings)):
         dist.initialize(settings, force=True)
-    impl = config_lib.resolve_prng_impl(config.get("prng_impl", "auto"))
+    # process-wide, for the devices the run uses: the default backend's (build_mesh's default devices)
+    impl = config_lib.resolve_prng_impl(config.get("prng_impl", "auto"), jax.default_backend())
     if impl is not None:
         jax.config.update("jax_default_prng_impl", impl)
 
@@ -233,8 +234,10 @@ class Trainer:
         """``devices``: the mesh's devices (default all; tests pass a subset to compare meshes in one process)."""
         num_devices = jax.device_count() if devices is None else len(devices)
         config_lib.validate(config, num_devices, jax.process_count())
-        dtype = config_lib.resolve_compute_dtype(config.compute_dtype)
         mesh = build_mesh(config, devices)
+        # the platform the step compiles for, which need not be the host's (a TPU AOT compile on a CPU)
+        platform = mesh.devices.flat[0].platform
+        dtype = config_lib.resolve_compute_dtype(config.compute_dtype, platform)
         rules = training_rules(config_lib.logical_rules(config), mesh)
         stage = make_stage(config, dtype)
         optimizers, schedules = {}, {}
@@ -254,8 +257,7 @@ class Trainer:
             frozen_shardings = {name: logical_to_shardings(tree, mesh, rules) for name, tree in frozen_abstract.items()}
         batch_sharding = partitioning.batch_sharding(mesh, rules)
         step_fn = make_train_step(stage, optimizers, schedules, config, batch_sharding)
-        # chosen for the platform the mesh compiles for, which need not be the host's (a TPU AOT compile on a CPU)
-        attention = resolve_attention(config.model.get("attention", "auto"), mesh.devices.flat[0].platform)
+        attention = resolve_attention(config.model.get("attention", "auto"), platform)
         return cls(config=config, workdir=Path(workdir), mesh=mesh, rules=rules, stage=stage, optimizers=optimizers,
                    schedules=schedules, state_shardings=shardings, abstract_state=abstract,
                    frozen_shardings=frozen_shardings, batch_sharding=batch_sharding,
@@ -482,10 +484,11 @@ def _run(trainer: Trainer, stop_at_step: int | None) -> dict:
                 jax.block_until_ready(step_metrics)
                 lap("first_step")
                 flops = trainer.flops_per_step.get(options)
-                dtype_name = "bfloat16" if config_lib.resolve_compute_dtype(config.compute_dtype) == jnp.bfloat16 \
-                    else "float32"
+                device = trainer.mesh.devices.flat[0]
+                dtype_name = "bfloat16" if config_lib.resolve_compute_dtype(
+                    config.compute_dtype, device.platform) == jnp.bfloat16 else "float32"
                 throughput = metrics_lib.Throughput(int(config.batch_size), flops, trainer.mesh.size,
-                                                    metrics_lib.peak_flops_per_device(dtype_name=dtype_name))
+                                                    metrics_lib.peak_flops_per_device(device, dtype_name))
             else:
                 throughput.tick()
             if pending is not None:
