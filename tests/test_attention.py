@@ -12,8 +12,10 @@ from conftest import assert_close
 import jax
 import jax.numpy as jnp
 
+from audioldm2_jax.models import layers
 from audioldm2_jax.models.layers import (PER_HEAD_MIN_SCORES, attention_for_platform, dot_product_attention,
-                                         per_head_attention, resolve_attention, use_attention)
+                                         per_head_attention, query_chunked_attention, resolve_attention,
+                                         use_attention)
 from audioldm2_jax.models.unet import AudioLDM2UNet, UNetConfig
 from audioldm2_jax.train import config as config_lib
 from audioldm2_jax.train.loop import Trainer
@@ -62,6 +64,61 @@ def test_per_head_attention_matches_torch_and_jax(case):
     assert ours.shape == (b, lq, n, d)
     assert_close(ours, _torch_attention(q, k, v, scale=scale, **kwargs), rel=1e-5, what=f"vs torch ({case})")
     assert_close(ours, jax.nn.dot_product_attention(q, k, v, scale=scale, **kwargs), rel=1e-5, what=f"vs jax ({case})")
+
+
+def _case_inputs(case, b=2, lq=29, lk=29, n=3, d=8):
+    """Inputs and keyword arguments of the ways the models call attention."""
+    if case == "cross":
+        lk = 7
+    q, k, v = _normal(b, lq, n, d), _normal(b, lk, n, d), _normal(b, lk, n, d)
+    kwargs = {}
+    if case == "key_padding_mask":
+        mask = np.ones((b, 1, 1, lk), bool)
+        mask[1, ..., 15:] = False
+        kwargs["mask"] = mask
+    elif case == "bias_per_head":  # T5's relative position bias
+        kwargs["bias"] = _normal(1, n, lq, lk)
+    elif case == "bias_per_query":  # the UNet's additive text mask
+        kwargs["bias"] = np.where(RNG.random((b, 1, 1, lk)) < 0.3, -1e4, 0.0).astype(np.float32)
+    elif case == "causal":
+        kwargs["is_causal"] = True
+    return q, k, v, kwargs
+
+
+@pytest.mark.parametrize("case", ["plain", "key_padding_mask", "bias_per_head", "bias_per_query", "causal", "cross"])
+def test_query_chunked_attention_matches_torch_and_jax_at_any_block(case):
+    q, k, v, kwargs = _case_inputs(case)
+    expected = _torch_attention(q, k, v, **kwargs)
+    for block in (1, 7, 29, 100):  # 7 does not divide the 29 queries; 100 is more than all of them
+        ours = query_chunked_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), block=block, **kwargs)
+        assert_close(ours, expected, rel=1e-5, what=f"vs torch ({case}, block {block})")
+        assert_close(ours, jax.nn.dot_product_attention(q, k, v, **kwargs), rel=1e-5, what=f"vs jax ({case})")
+
+
+@pytest.mark.parametrize("implementation", ["xla", "per_head", "cudnn"])
+def test_long_sequences_take_query_blocks_in_every_implementation(implementation, monkeypatch):
+    """Past QUERY_CHUNK_MIN_SCORES (lowered here to reach it with small inputs) every implementation holds one
+    block of scores (``[.., block, Lk]``, no ``Lq x Lk`` array in the program) and still equals torch; below it the
+    scores are whole. cuDNN's kernel takes no float32 input, so float32 falls back to the same path."""
+    monkeypatch.setattr(layers, "QUERY_CHUNK_MIN_SCORES", 40 * 40)
+    monkeypatch.setattr(layers, "QUERY_BLOCK_SCORES", 8 * 40)
+    monkeypatch.setattr(layers, "PER_HEAD_MIN_SCORES", 1)
+    q, k, v, kwargs = _case_inputs("bias_per_query", b=1, lq=40, lk=40, n=2, d=4)
+    f = lambda *a: dot_product_attention(*a, **kwargs)  # noqa: E731
+    with use_attention(implementation):
+        program = _float32_shapes(str(jax.make_jaxpr(f)(q, k, v)))
+        ours = f(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v))
+        small = _float32_shapes(str(jax.make_jaxpr(f)(q[:, :39], k, v)))  # 39 x 40 scores: whole
+    assert not [s for s in program if s[-2:] == (40, 40)], program
+    assert [s for s in program if s[-2:] == (8, 40)], program
+    assert [s for s in small if s[-2:] == (39, 40)], small
+    assert_close(ours, _torch_attention(q, k, v, **kwargs), rel=1e-5, what=implementation)
+
+
+def _float32_shapes(jaxpr_text):
+    """The shapes of the float32 values a jaxpr's equations produce."""
+    import re
+    return [tuple(int(x) for x in m.split(",") if x) for m in re.findall(r"f32\[([0-9,]*)\]", jaxpr_text)]
 
 
 def test_fully_masked_row_is_uniform_as_in_jax():

@@ -98,6 +98,13 @@ _PLATFORM_ATTENTION = {"cpu": "per_head", "gpu": "cudnn", "cuda": "cudnn"}
 # Score matrices of at least this many entries (Lq * Lk) take the per-head path: below it the batched product is as
 # fast, and a cross-attention to a handful of keys is slower per head (docs/benchmarks.md).
 PER_HEAD_MIN_SCORES = 128 * 128
+# Long sequences, whatever the implementation (but cuDNN's fused kernel, which never holds the scores): score matrices
+# of at least QUERY_CHUNK_MIN_SCORES entries (per example and head: 8192^2, the UNet's top level past 20.48 s of
+# audio, twice the published training length) are computed a block of queries at a time, each block's scores
+# ``QUERY_BLOCK_SCORES`` entries per example and head (64 MiB in float32), so that attention's memory grows linearly
+# with the length instead of with its square (minutes of audio: :func:`query_chunked_attention`).
+QUERY_CHUNK_MIN_SCORES = 8192 * 8192
+QUERY_BLOCK_SCORES = 4096 * 4096
 
 # The implementation that traces of model code use, set by :func:`use_attention` (a context variable: local to the
 # thread and the async task, restored on exit); "xla" when no caller chose.
@@ -179,9 +186,78 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax
             return jax.nn.dot_product_attention(q, k, v, implementation="cudnn", **kwargs)
         except Exception:  # noqa: BLE001 - shape / layout / version limits of the fused kernel, found at trace time
             pass
-    if implementation == "per_head" and q.shape[1] * k.shape[1] >= PER_HEAD_MIN_SCORES:
-        return per_head_attention(q, k, v, **kwargs)
+    scores = q.shape[1] * k.shape[1]
+    if implementation == "per_head" and scores >= PER_HEAD_MIN_SCORES:
+        return per_head_attention(q, k, v, **kwargs)  # in blocks of queries past QUERY_CHUNK_MIN_SCORES
+    if scores >= QUERY_CHUNK_MIN_SCORES:
+        return query_chunked_attention(q, k, v, **kwargs)
     return jax.nn.dot_product_attention(q, k, v, **kwargs)
+
+
+def _logits_bias(bias: jax.Array | None, mask: jax.Array | None, is_causal: bool, lq: int,
+                 lk: int) -> jax.Array:
+    """``bias``, ``mask`` and the causal mask as one float32 additive bias broadcastable to ``[B, N, Lq, Lk]`` (a
+    masked logit gets the large negative value ``jax.nn.dot_product_attention`` uses: ``x + it == it``)."""
+    logits_bias = jnp.zeros((1, 1, 1, lk), jnp.float32) if bias is None else bias.astype(jnp.float32)
+    allowed = None if mask is None else jnp.broadcast_to(mask, jnp.broadcast_shapes(mask.shape, (1, 1, 1, lk)))
+    if is_causal:
+        causal = jnp.tril(jnp.ones((lq, lk), bool))[None, None]  # jax's convention (no offset)
+        allowed = causal if allowed is None else allowed & causal
+    if allowed is not None:
+        logits_bias = jnp.where(allowed, logits_bias, _LARGE_NEGATIVE)
+    return logits_bias
+
+
+def _softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, scale: float) -> jax.Array:
+    """``softmax(q k^T * scale + bias) v`` over any leading dimensions: ``q [..., Lq, D]``, ``k, v [..., Lk, D]``,
+    float32 ``bias`` broadcastable to ``[..., Lq, Lk]``; logits and softmax in float32, the probabilities cast to
+    ``v``'s dtype, as ``jax.nn.dot_product_attention``'s XLA implementation."""
+    logits = jnp.einsum("...qd,...kd->...qk", q, k, preferred_element_type=jnp.float32) * scale + bias
+    return jnp.einsum("...qk,...kd->...qd", jax.nn.softmax(logits, axis=-1).astype(v.dtype), v)
+
+
+def _query_block(lq: int, lk: int) -> int:
+    """Queries per block: all of them below :data:`QUERY_CHUNK_MIN_SCORES`, else ``QUERY_BLOCK_SCORES / Lk``."""
+    return lq if lq * lk < QUERY_CHUNK_MIN_SCORES else max(1, QUERY_BLOCK_SCORES // lk)
+
+
+def _in_query_blocks(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, scale: float,
+                     block: int) -> jax.Array:
+    """:func:`_softmax_attention` computed ``block`` queries at a time (``lax.map``; the last block padded): the
+    scores held are ``[..., block, Lk]``. A bias with a row per query is split with them."""
+    lq = q.shape[-2]
+    if block >= lq:
+        return _softmax_attention(q, k, v, bias, scale)
+    blocks = -(-lq // block)
+
+    def split(x):  # [..., Lq, X] -> [blocks, ..., block, X]
+        x = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, blocks * block - lq), (0, 0)])
+        return jnp.moveaxis(x.reshape(*x.shape[:-2], blocks, block, x.shape[-1]), -3, 0)
+
+    row_bias = split(bias) if bias.shape[-2] == lq else None
+    out = jax.lax.map(lambda a: _softmax_attention(a[0], k, v, bias if a[1] is None else a[1], scale),
+                      (split(q), row_bias))  # [blocks, ..., block, D]
+    out = jnp.moveaxis(out, 0, -3)
+    return out.reshape(*out.shape[:-3], blocks * block, out.shape[-1])[..., :lq, :]
+
+
+def query_chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax.Array | None = None,
+                            mask: jax.Array | None = None, scale: float | None = None, is_causal: bool = False,
+                            block: int | None = None) -> jax.Array:
+    """``jax.nn.dot_product_attention``'s XLA implementation on ``[B, L, N, D]`` tensors, computed ``block`` queries
+    at a time for every example and head at once (default: :data:`QUERY_BLOCK_SCORES` / Lk queries when the scores
+    reach :data:`QUERY_CHUNK_MIN_SCORES` entries, else all): each step of a ``lax.map`` holds ``[B, N, block, Lk]``
+    scores instead of ``[B, N, Lq, Lk]``. XLA's cost analysis counts the loop's body once: FLOPs of a program with
+    it are a lower bound."""
+    b, lq, n, d = q.shape
+    lk = k.shape[1]
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    block = _query_block(lq, lk) if block is None else int(block)
+    if block < 1:
+        raise ValueError(f"query_chunked_attention: block={block} queries must be >= 1")
+    heads = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731 - [B, L, N, D] <-> [B, N, L, D]
+    out = _in_query_blocks(heads(q), heads(k), heads(v), _logits_bias(bias, mask, is_causal, lq, lk), scale, block)
+    return heads(out)
 
 
 def per_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax.Array | None = None,
@@ -189,28 +265,17 @@ def per_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax.Ar
                        is_causal: bool = False) -> jax.Array:
     """``jax.nn.dot_product_attention``'s XLA implementation (float32 logits and softmax, masked logits at the same
     large negative value), computed one (example, head) at a time by ``lax.map``: each step is a pair of plain
-    matrix products, which XLA:CPU runs multi-threaded, instead of one batched product over ``B x N``."""
+    matrix products, which XLA:CPU runs multi-threaded, instead of one batched product over ``B x N``; past
+    :data:`QUERY_CHUNK_MIN_SCORES` each head's in blocks of queries as :func:`query_chunked_attention`."""
     b, lq, n, d = q.shape
     lk = k.shape[1]
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    logits_bias = jnp.zeros((1, 1, 1, lk), jnp.float32) if bias is None else bias.astype(jnp.float32)
-    allowed = None if mask is None else jnp.broadcast_to(mask, jnp.broadcast_shapes(mask.shape, (1, 1, 1, lk)))
-    if is_causal:
-        causal = jnp.tril(jnp.ones((lq, lk), bool))[None, None]  # jax's convention (no offset)
-        allowed = causal if allowed is None else allowed & causal
-    if allowed is not None:  # folded into the bias: a masked logit becomes the large negative (x + it == it)
-        logits_bias = jnp.where(allowed, logits_bias, _LARGE_NEGATIVE)
+    logits_bias = _logits_bias(bias, mask, is_causal, lq, lk)
     rows = logits_bias.shape[2]
     logits_bias = jnp.broadcast_to(logits_bias, (b, n, rows, lk)).reshape(b * n, rows, lk)
     heads = lambda x: x.transpose(0, 2, 1, 3).reshape(b * n, x.shape[1], x.shape[3])  # noqa: E731
-
-    def one_head(args):
-        qh, kh, vh, bh = args
-        logits = jnp.matmul(qh, kh.T, preferred_element_type=jnp.float32) * scale + bh
-        probs = jax.nn.softmax(logits, axis=-1).astype(vh.dtype)
-        return jnp.matmul(probs, vh)
-
-    out = jax.lax.map(one_head, (heads(q), heads(k), heads(v), logits_bias))
+    block = _query_block(lq, lk)
+    out = jax.lax.map(lambda a: _in_query_blocks(*a, scale, block), (heads(q), heads(k), heads(v), logits_bias))
     return out.reshape(b, n, lq, v.shape[-1]).transpose(0, 2, 1, 3)
 
 

@@ -7,7 +7,8 @@ changes the result. Here the decoder is cut at its GroupNorms into *segments*; e
 as its convolutions reach, and only the GroupNorm at its start needs anything global: the statistics of its input,
 which the previous segment's windows accumulate (count, mean and centred sum of squares per example and group,
 merged in float64). The mid-block attention is one more segment: its keys and values are computed window by
-window for the whole clip, then each window's queries attend to all of them in blocks of ``query_block`` queries.
+window for the whole clip, then each window's queries attend to all of them in blocks of ``query_block`` queries
+(``layers.query_chunked_attention``).
 
     z ─► post_quant_conv, conv_in ─► [ResNet: norm1·SiLU·conv1 | norm2·SiLU·conv2 + shortcut (+ upsampler)]
       ─► (mid block: ResNet, attention, ResNet; then each up block's ResNets) ─► conv_norm_out·SiLU·conv_out
@@ -34,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from audioldm2_jax.models.layers import Upsample2D, conv, dense
+from audioldm2_jax.models.layers import Upsample2D, conv, dense, query_chunked_attention
 from audioldm2_jax.models.vae import VAE_NORM_EPS, AutoencoderKL
 
 # Queries per attention block: a block's scores are ``query_block x (L * w)`` float32 (L latent frames, w latent
@@ -82,25 +83,6 @@ def group_norm_with_stats(x: jax.Array, mean: jax.Array, var: jax.Array, params:
     return y.astype(dtype)
 
 
-def query_chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float,
-                            block: int = QUERY_BLOCK) -> jax.Array:
-    """One-head attention ``softmax(q k^T * scale) v`` of ``q [B, Nq, D]`` over ``k, v [B, Nk, D]``, computed
-    ``block`` queries at a time (``lax.map``), so that the scores held are ``[B, block, Nk]``; logits and softmax in
-    float32 as ``jax.nn.dot_product_attention``'s XLA implementation (same function, row by row)."""
-    b, nq, d = q.shape
-    block = max(1, min(block, nq))
-    blocks = -(-nq // block)
-    q = jnp.pad(q, ((0, 0), (0, blocks * block - nq), (0, 0))).reshape(b, blocks, block, d).transpose(1, 0, 2, 3)
-
-    def one(qb):
-        logits = jnp.einsum("bqd,bkd->bqk", qb, k, preferred_element_type=jnp.float32)
-        logits = logits * jnp.asarray(scale, jnp.float32)
-        return jnp.einsum("bqk,bkd->bqd", jax.nn.softmax(logits, axis=-1).astype(k.dtype), v)
-
-    out = jax.lax.map(one, q)  # [blocks, B, block, D]
-    return out.transpose(1, 0, 2, 3).reshape(b, blocks * block, d)[:, :nq]
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Segments: local along time, each applied to one window ``[B, D, W, C]``
 # ----------------------------------------------------------------------------------------------------------------
@@ -146,7 +128,9 @@ def _segment(kind: str, p: dict, xs: tuple, stats, kv, dtype, query_block: int) 
         (x,) = xs
         b, t, w, c = x.shape
         q = _dense(p["to_q"], group_norm_with_stats(x, *stats, p["group_norm"], VAE_NORM_EPS, dtype), dtype)
-        out = query_chunked_attention(q, kv[0], kv[1], 1.0 / math.sqrt(c), query_block)
+        one_head = lambda t: t[:, :, None]  # noqa: E731 - [B, L, C] -> [B, L, 1, C]
+        out = query_chunked_attention(one_head(q), one_head(kv[0]), one_head(kv[1]), scale=1.0 / math.sqrt(c),
+                                      block=query_block)[:, :, 0]
         out = dense(c, ("heads", "embed"), dtype=dtype, param_dtype=p["to_out_0"]["kernel"].dtype).apply(
             {"params": p["to_out_0"]}, out)
         return out.reshape(b, t, w, c) + x
@@ -291,4 +275,4 @@ def streamed_decode(vae: AutoencoderKL, variables: dict, z, window: int, query_b
     return out
 
 
-__all__ = ["GroupStats", "QUERY_BLOCK", "group_norm_with_stats", "query_chunked_attention", "streamed_decode"]
+__all__ = ["GroupStats", "QUERY_BLOCK", "group_norm_with_stats", "streamed_decode"]
