@@ -42,30 +42,6 @@ def _torch_attention(q, k, v, bias=None, mask=None, scale=None, is_causal=False)
     return out.numpy().transpose(0, 2, 1, 3)
 
 
-@pytest.mark.parametrize("case", ["plain", "key_padding_mask", "bias_per_head", "bias_per_query", "causal", "cross"])
-def test_per_head_attention_matches_torch_and_jax(case):
-    b, lq, lk, n, d = 2, 24, 24, 3, 8
-    if case == "cross":
-        lk = 7
-    q, k, v = _normal(b, lq, n, d), _normal(b, lk, n, d), _normal(b, lk, n, d)
-    kwargs = {}
-    if case == "key_padding_mask":
-        mask = np.ones((b, 1, 1, lk), bool)
-        mask[1, ..., 15:] = False
-        kwargs["mask"] = mask
-    elif case == "bias_per_head":  # T5's relative position bias
-        kwargs["bias"] = _normal(1, n, lq, lk)
-    elif case == "bias_per_query":  # the UNet's additive text mask
-        kwargs["bias"] = np.where(RNG.random((b, 1, 1, lk)) < 0.3, -1e4, 0.0).astype(np.float32)
-    elif case == "causal":
-        kwargs["is_causal"] = True
-    scale = 0.25 if case == "plain" else None
-    ours = per_head_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), scale=scale, **kwargs)
-    assert ours.shape == (b, lq, n, d)
-    assert_close(ours, _torch_attention(q, k, v, scale=scale, **kwargs), rel=1e-5, what=f"vs torch ({case})")
-    assert_close(ours, jax.nn.dot_product_attention(q, k, v, scale=scale, **kwargs), rel=1e-5, what=f"vs jax ({case})")
-
-
 def _case_inputs(case, b=2, lq=29, lk=29, n=3, d=8):
     """Inputs and keyword arguments of the ways the models call attention."""
     if case == "cross":
@@ -83,6 +59,17 @@ def _case_inputs(case, b=2, lq=29, lk=29, n=3, d=8):
     elif case == "causal":
         kwargs["is_causal"] = True
     return q, k, v, kwargs
+
+
+@pytest.mark.parametrize("case", ["plain", "key_padding_mask", "bias_per_head", "bias_per_query", "causal", "cross"])
+def test_per_head_attention_matches_torch_and_jax(case):
+    b, lq, n, d = 2, 24, 3, 8
+    q, k, v, kwargs = _case_inputs(case, b, lq, lq, n, d)
+    scale = 0.25 if case == "plain" else None
+    ours = per_head_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), scale=scale, **kwargs)
+    assert ours.shape == (b, lq, n, d)
+    assert_close(ours, _torch_attention(q, k, v, scale=scale, **kwargs), rel=1e-5, what=f"vs torch ({case})")
+    assert_close(ours, jax.nn.dot_product_attention(q, k, v, scale=scale, **kwargs), rel=1e-5, what=f"vs jax ({case})")
 
 
 @pytest.mark.parametrize("case", ["plain", "key_padding_mask", "bias_per_head", "bias_per_query", "causal", "cross"])
