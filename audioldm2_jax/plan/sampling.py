@@ -15,7 +15,9 @@ for the same latents) and ``E`` the loop's steps, one step costs ``F_step = F_pr
 element-wise operations outside the loop and the decoders are counted with it) and a batch
 ``F_program + (E - 1) F_step``. The same holds for the bytes accessed, less exactly: the decoders fused into the
 program need not read and write what they read and write compiled alone. Clips long enough for the pipeline to
-decode them window by window (``AudioLDM2Pipeline.decode_chunking``), in programs of their own, are not planned.
+decode them window by window (``AudioLDM2Pipeline.decode_chunking``), in programs of their own, are not planned;
+below that, a clip whose attention computes its scores in blocks of queries (``layers.QUERY_CHUNK_MIN_SCORES``:
+the published UNet past 20.48 s) has a loop inside the step as well, counted once: its FLOPs are a lower bound.
 
 The text side (CLAP, T5, the projection and GPT-2's LOA tokens) is a separate program run once per batch, not
 included: next to the loop's ``E`` UNet calls it is small. Classifier-free guidance doubles the UNet's rows.
