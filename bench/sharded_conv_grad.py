@@ -10,13 +10,22 @@ conv_in unsharded 3e-7; the meshes 1 x 4 x 2 and 4 x 1 x 2 are right either way.
 a ResNet block after the UNet's downsampler wrong (0.74), so switching partitioners is no fix. Run it after a jax
 upgrade to see whether the workaround is still needed.
 
-    python bench/sharded_conv_grad.py [--batch 4] [--size 16x8] [--torch]
+``--tpu`` also compiles the 2 x 2 x 2 gradient for a TPU v5p 2x2x2 slice (libtpu, no TPU needed) and prints the
+collectives of the CPU and TPU programs side by side: a TPU program cannot be run here, so its structure is what can
+be compared. Measured with jax 0.10.2 / libtpu 0.0.42.1: with conv_in over fsdp the CPU program (the wrong one) has
+7 collectives, one of them the collective-permute that exchanges the cotangent between batch shards, and the TPU
+program 5, with no collective-permute; with conv_in unsharded both have 3 and no permute. The TPU program does not
+contain the exchange the CPU gradient goes wrong with; whether its gradient is right is unknown until it runs on a
+TPU, and the workaround applies on every platform.
+
+    python bench/sharded_conv_grad.py [--batch 4] [--size 16x8] [--torch] [--tpu]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -24,6 +33,7 @@ parser.add_argument("--batch", type=int, default=4)
 parser.add_argument("--size", default="16x8", help="H x W of the input")
 parser.add_argument("--channels", type=int, default=16)
 parser.add_argument("--torch", action="store_true", help="also compare both gradients with torch.autograd")
+parser.add_argument("--tpu", action="store_true", help="also compare the collectives of the CPU and TPU programs")
 args = parser.parse_args()
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -92,3 +102,27 @@ for mesh_shape in ((2, 2, 2), (1, 4, 2), (4, 1, 2)):
             if torch_grads is not None:
                 line += f"  (vs torch k1 {rel(grads['k1'], torch_grads['k1']):.1e})"
             print(line, flush=True)
+
+
+def collective_counts(devices, conv_in) -> dict[str, int]:
+    """The collectives, by kind, of the k1 / k2 gradient program compiled for ``devices`` (8, as a 2 x 2 x 2 mesh)."""
+    mesh = jax.sharding.Mesh(np.array(devices).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
+    kernel = NamedSharding(mesh, P(None, None, conv_in, "tensor"))
+    batch = NamedSharding(mesh, P(("data", "fsdp")))
+    abstract = lambda a, sharding: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)  # noqa: E731
+    text = jax.jit(jax.grad(loss)).lower({k: abstract(v, kernel) for k, v in params.items()}, abstract(x, batch),
+                                         abstract(y, batch)).compile().as_text()
+    kinds = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+    return {kind: len(re.findall(rf"= \S+ {kind}(?:-start)?\(", text)) for kind in kinds}
+
+
+if args.tpu:
+    from audioldm2_jax.plan.topology import parse_topology, tpu_devices
+
+    jax.config.update("jax_use_shardy_partitioner", True)
+    tpu = tpu_devices(parse_topology("v5p-16"))  # 8 chips, 2x2x2
+    print("collectives of the 2 x 2 x 2 gradient program (Shardy), CPU vs TPU v5p 2x2x2:")
+    for conv_in in ("fsdp", None):
+        for name, devices in (("cpu", jax.devices()[:8]), ("tpu", tpu)):
+            counts = {k: v for k, v in collective_counts(devices, conv_in).items() if v}
+            print(f"  conv_in -> {str(conv_in):4s}  {name}: {sum(counts.values())} {counts}", flush=True)
