@@ -17,6 +17,24 @@ import pytest  # noqa: E402
 jax.config.update("jax_default_prng_impl", "unsafe_rbg")
 
 
+# Subprocesses the tests start (train.py, launches) inherit os.environ: a test that left XLA's start-up flags
+# changed would give every later subprocess of its worker another device count, and so other numerics.
+_XLA_FLAGS_AT_START = os.environ.get("XLA_FLAGS")
+
+
+@pytest.fixture(autouse=True)
+def _xla_flags_unchanged():
+    yield
+    now = os.environ.get("XLA_FLAGS")
+    if now != _XLA_FLAGS_AT_START:
+        if _XLA_FLAGS_AT_START is None:
+            os.environ.pop("XLA_FLAGS", None)
+        else:
+            os.environ["XLA_FLAGS"] = _XLA_FLAGS_AT_START
+        pytest.fail(f"the test left XLA_FLAGS={now!r} (was {_XLA_FLAGS_AT_START!r}); later subprocesses would "
+                    "inherit it")
+
+
 def assert_close(ours, ref, rel: float = 1e-4, what: str = "output"):
     """Max abs error within ``rel`` of the reference's scale (max |ref|), the project's parity criterion."""
     ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)

@@ -15,6 +15,7 @@ problem.
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import jax
 import jax.numpy as jnp
@@ -379,8 +380,11 @@ def test_plan_sample_report_states_the_figures(sample_plans):
 def test_plan_sample_command_names_bad_input(capsys):
     assert plan_main(["--config", "configs/smoke.py", "--topology", "v5p:2x2x1", "--sample", "--sweep"]) == 2
     assert "--sample plans the sampling program: --sweep" in capsys.readouterr().err
+    xla_flags = os.environ.get("XLA_FLAGS")
     assert plan_main(["--config", "configs/smoke.py", "--topology", "h100-1", "--sample", "--steps", "0"]) == 2
     assert "--steps 0: the sampler takes at least one step" in capsys.readouterr().err
+    # the GPU estimate's CPU device count is this process's start-up flag, not one its later subprocesses inherit
+    assert os.environ.get("XLA_FLAGS") == xla_flags
 
 
 def test_plan_sample_refuses_clips_decoded_in_windows(estimate_pipeline):

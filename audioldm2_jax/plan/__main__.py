@@ -104,11 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
+    xla_flags = os.environ.get("XLA_FLAGS")
     try:
         topology = parse_topology(args.topology, args.num_slices)
         if topology.estimate:
-            # the GPUs are stood in for by CPU devices, which XLA makes at start-up only
-            os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {cpu_device_flag(topology.num_chips)}"
+            # the GPUs are stood in for by CPU devices, which XLA makes at start-up only; the flag is this
+            # process's and is taken back below, so that processes started later keep their own device count
+            os.environ["XLA_FLAGS"] = f"{xla_flags or ''} {cpu_device_flag(topology.num_chips)}"
         config = load_config_file(args.config)
         apply_overrides(config, args.set)
         option = ast.literal_eval(args.option) if args.option is not None else None
@@ -154,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if xla_flags is None:
+            os.environ.pop("XLA_FLAGS", None)
+        else:
+            os.environ["XLA_FLAGS"] = xla_flags
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(figures, handle, indent=1, default=str)
