@@ -48,7 +48,9 @@ EMBEDS_MASK = np.array([[0, 1, 1, 1, 1, 1], [1] * 6], np.int32)
 
 def unet_loss(config, params):
     out = AudioLDM2UNet(config).apply({"params": params}, *UNET_INPUTS)
-    return jnp.mean(out * jnp.sin(jnp.arange(out.size).reshape(out.shape)))  # a loss with non-uniform gradients
+    # Non-uniform gradients, and non-negative terms: a signed mean would cancel to a small value whose rounding,
+    # relative to itself, says nothing of the model's.
+    return jnp.mean(jnp.square(out - jnp.sin(jnp.arange(out.size).reshape(out.shape))))
 
 
 def vae_loss(config, params):
@@ -87,14 +89,16 @@ def test_remat_keeps_loss_and_gradients(model, policy, plain_runs):
     jaxpr = str(jax.make_jaxpr(jax.grad(grad_fn))(params))
     assert "checkpoint[" in jaxpr or "remat" in jaxpr  # the blocks really are rematerialised
     loss, grads = jax.jit(jax.value_and_grad(grad_fn))(params)
-    assert abs(float(loss) - float(ref_loss)) <= 1e-6 * abs(float(ref_loss))
+    # Every loss is a mean of non-negative terms, so the loss is its own scale; float32 rounding of recomputed
+    # blocks, as for the gradients below.
+    assert abs(float(loss) - float(ref_loss)) <= 4e-6 * abs(float(ref_loss)), (float(loss), float(ref_loss))
     flat, ref_flat = jax.tree_util.tree_leaves_with_path(grads), jax.tree_util.tree_leaves_with_path(ref_grads)
     assert [p for p, _ in flat] == [p for p, _ in ref_flat]
     scale = max(float(np.abs(np.asarray(g)).max()) for _, g in ref_flat)
     assert scale > 0
     worst = max(float(np.abs(np.asarray(g) - np.asarray(r)).max()) for (_, g), (_, r) in zip(flat, ref_flat))
-    # Recomputed blocks fuse differently, so float32 sums round differently: measured worst 1.1e-6 (UNet) and
-    # 1.2e-6 (VAE) of the largest gradient, 0 for GPT-2.
+    # Recomputed blocks fuse differently, so float32 sums round differently: measured worst 2.8e-7 (UNet) and
+    # 3.0e-8 (VAE) of the largest gradient, 0 for GPT-2 (1.1e-6 and 1.2e-6 on another CPU with another loss).
     assert worst <= 4e-6 * scale, (worst, scale)
 
 
