@@ -325,6 +325,9 @@ class AudioLDM2Pipeline:
         self.seconds_per_frame = float(self.hop_length) / float(self.sampling_rate)
 
         self.mesh, self.rules = mesh, tuple(rules)
+        if jnp.dtype(dtype) == jnp.float16 and self.platform == "cpu":
+            raise ValueError("dtype float16 is not supported on CPU: XLA:CPU has no float16 matrix product with "
+                             "float32 accumulation (the attention's logits); use float32 or bfloat16")
         variables = {name: {"params": value[1]} for name, value in dict(
             unet=unet, vae=vae, vocoder=vocoder, clap=text_encoder, text_encoder_2=text_encoder_2,
             projection=projection_model, language_model=language_model).items()}
@@ -337,6 +340,11 @@ class AudioLDM2Pipeline:
                                             **variables["clap"]["params"]}}
         self.params = self._place_params(variables)
         self._compiled: dict[tuple, Callable] = {}
+
+    @property
+    def platform(self) -> str:
+        """The platform the pipeline runs on: its mesh's devices', else the default device's ("cpu", "gpu", "tpu")."""
+        return (self.mesh.devices.flat[0] if self.mesh is not None else jax.devices()[0]).platform
 
     # ------------------------------------------------------------------------------------------------------------
     # Loading
@@ -1181,7 +1189,7 @@ class AudioLDM2Pipeline:
         to ``timings``."""
         if key not in self._compiled:
             start = time.perf_counter()
-            platform = (self.mesh.devices.flat[0] if self.mesh is not None else jax.devices()[0]).platform
+            platform = self.platform
             with use_attention(resolve_attention(self.attention, platform)):
                 lowered = jax.jit(fn).lower(*args)
             self._compiled[key] = compile_lowered(lowered, platform=platform)

@@ -173,6 +173,16 @@ def test_bad_input_fails_before_compiling(pipe, monkeypatch):
             pipe(**kwargs)
 
 
+def test_float16_on_cpu_is_refused_by_name(checkpoint):
+    """XLA:CPU has no float16 x float16 -> float32 matrix product (the attention's logits): the pipeline says so when
+    it is built, not with a compiler error at the first call."""
+    from audioldm2_jax import AudioLDM2Pipeline
+
+    folder, _ = checkpoint
+    with pytest.raises(ValueError, match="float16 is not supported on CPU.*float32 or bfloat16"):
+        AudioLDM2Pipeline.from_pretrained(folder, dtype=jax.numpy.float16)
+
+
 def _latents_with(index: int, value: float) -> np.ndarray:
     """Initial latents for PROMPTS at DURATION, float64, with one entry (flat ``index``) set to ``value``."""
     latents = reference_latents(2, DURATION, seed=5).astype(np.float64)
