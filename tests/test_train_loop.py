@@ -253,3 +253,36 @@ def test_hard_kill_and_preemption_resume_with_the_same_losses(tmp_path, tmp_path
     for step in range(1, steps + 1):
         assert resumed[step] == pytest.approx(reference[step], rel=1e-6), f"step {step}"
     assert (workdir / "export" / "scheduler" / "scheduler_config.json").is_file()
+
+
+CACHE_PROBE = """
+import sys
+from jax import monitoring
+from audioldm2_jax.train import config as config_lib
+from audioldm2_jax.train.loop import train
+
+hits = []
+monitoring.register_event_listener(lambda name, **_: hits.append(name) if name.endswith("/cache_hits") else None)
+workdir, cache, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+c = config_lib.load_config_file("configs/smoke.py")
+c.num_steps, c.checkpoint.every_steps, c.compilation_cache_dir = steps, 2, cache
+c.log.progress_bar = c.log.tensorboard = False
+train(c, workdir)
+print("CACHE_HITS", len(hits))
+"""
+
+
+def test_compilation_cache_dir_lets_a_resumed_run_load_its_step(tmp_path):
+    """``compilation_cache_dir``: the first run compiles and fills the folder, the resumed run (a new process, as
+    after a preemption) loads its compiled programs from it (jax's cache-hit events) instead of compiling them."""
+    cache = tmp_path / "cache"
+    env = dict(os.environ, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")  # the toy step compiles in under 1 s
+    hits = []
+    for steps in (2, 4):
+        out = subprocess.run([sys.executable, "-c", CACHE_PROBE, str(tmp_path / "run"), str(cache), str(steps)],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        hits.append(int(out.stdout.split("CACHE_HITS")[-1].split()[0]))
+        assert any(cache.iterdir())
+    assert hits[0] == 0 and hits[1] > 0, hits
+    assert losses_by_step(tmp_path / "run").keys() == {1, 2, 3, 4}  # the second run resumed at step 2

@@ -8,7 +8,7 @@ key it does not hold, naming it, so that a typo never silently trains with a def
 Sections:
 
 - run: ``stage``, ``seed``, ``num_steps``, ``batch_size`` (global), ``grad_accum_steps``, ``compute_dtype``,
-  ``prng_impl``, ``max_consecutive_nonfinite``, ``distributed``;
+  ``prng_impl``, ``max_consecutive_nonfinite``, ``distributed``, ``xla_cpu_fast_compile``, ``compilation_cache_dir``;
 - ``optimizer`` (AdamW, warmup + schedule, clipping) and ``group_optimizers`` (per parameter-group overrides, e.g.
   the discriminator's learning rate); ``ema``;
 - ``mesh`` (``data`` / ``fsdp`` / ``tensor`` sizes, -1 = the rest) and ``logical_axis_rules`` overrides;
@@ -93,6 +93,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.max_consecutive_nonfinite = 20  # stop the run after this many non-finite steps in a row
     c.distributed = "auto"  # "auto" | "on" | "off": jax.distributed.initialize() for multi-host launches
     c.xla_cpu_fast_compile = False  # lower XLA:CPU optimisation (the quickstart: compile time dominates)
+    # JAX's persistent compilation cache: a restarted or resumed run (and any run of the same programs) loads its
+    # compiled step from here instead of compiling again; a local folder or gs://. "" = off.
+    c.compilation_cache_dir = ""
 
     c.optimizer = ml_collections.ConfigDict(_optimizer_defaults())
     # Per parameter group, keys of `optimizer` to override (e.g. {"discriminator": {"learning_rate": 2e-4}}).
@@ -351,6 +354,8 @@ def validate(config, num_devices: int | None = None, process_count: int | None =
         problems.append(f"compute_dtype={d['compute_dtype']!r} is not one of {COMPUTE_DTYPES}")
     if d["prng_impl"] not in PRNG_IMPLS:
         problems.append(f"prng_impl={d['prng_impl']!r} is not one of {PRNG_IMPLS}")
+    if not isinstance(d["compilation_cache_dir"], str):
+        problems.append(f"compilation_cache_dir={d['compilation_cache_dir']!r} must be a folder (a string; '' = off)")
     for key in ("num_steps", "batch_size", "grad_accum_steps", "max_consecutive_nonfinite"):
         if not isinstance(d[key], int) or d[key] < 1:
             problems.append(f"{key}={d[key]!r} must be a positive integer")

@@ -71,7 +71,8 @@ def setup_runtime(config) -> None:
     """Process-level settings, before any device is touched: XLA:CPU compile flags, multi-process initialisation
     (:func:`audioldm2_jax.parallel.distributed.initialize`: the coordinator from ``JAX_COORDINATOR_ADDRESS`` /
     ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID`` as :mod:`audioldm2_jax.launch` sets them, or SLURM, Open MPI and
-    TPU pods by jax's cluster detection; gloo collectives on the CPU), and the PRNG implementation."""
+    TPU pods by jax's cluster detection; gloo collectives on the CPU), the PRNG implementation and the persistent
+    compilation cache."""
     if config.get("xla_cpu_fast_compile", False):
         flags = os.environ.get("XLA_FLAGS", "")
         if "xla_backend_optimization_level" not in flags:
@@ -91,6 +92,9 @@ def setup_runtime(config) -> None:
     impl = config_lib.resolve_prng_impl(config.get("prng_impl", "auto"), jax.default_backend())
     if impl is not None:
         jax.config.update("jax_default_prng_impl", impl)
+    cache_dir = config.get("compilation_cache_dir", "")
+    if cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(str(cache_dir)))
 
 
 def build_mesh(config, devices=None) -> jax.sharding.Mesh:
