@@ -115,9 +115,11 @@ def main():
     if not 1 <= args.batch <= len(PROMPTS):
         parser.error(f"--batch must be 1 to {len(PROMPTS)}, got {args.batch}")
 
+    import diffusers
     import jax
     import jax.numpy as jnp
     import torch
+    import transformers
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -125,9 +127,6 @@ def main():
 
     from audioldm2_jax import AudioLDM2Pipeline
     from audioldm2_jax.pipeline import NonFiniteOutputError
-
-    import diffusers
-    import transformers
 
     diffusers.utils.logging.set_verbosity_error()  # the tiny tokenizers' truncation warnings, once per call
     transformers.logging.set_verbosity_error()
