@@ -231,6 +231,11 @@ class CompiledSampling:
     compile_seconds: float
 
 
+def _mesh_platform(mesh: jax.sharding.Mesh | None) -> str:
+    """The platform of ``mesh``'s devices, else of the default device ("cpu", "gpu", "tpu")."""
+    return (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
+
+
 class NonFiniteOutputError(FloatingPointError):
     """The sampling program returned NaN or infinite values: the model diverged (a NaN weight, float16 overflow,
     latents too large). Raised by ``AudioLDM2Pipeline.generate`` / ``__call__`` instead of returning them.
@@ -344,7 +349,7 @@ class AudioLDM2Pipeline:
     @property
     def platform(self) -> str:
         """The platform the pipeline runs on: its mesh's devices', else the default device's ("cpu", "gpu", "tpu")."""
-        return (self.mesh.devices.flat[0] if self.mesh is not None else jax.devices()[0]).platform
+        return _mesh_platform(self.mesh)
 
     # ------------------------------------------------------------------------------------------------------------
     # Loading
@@ -1189,7 +1194,7 @@ class AudioLDM2Pipeline:
         to ``timings``."""
         if key not in self._compiled:
             start = time.perf_counter()
-            platform = self.platform
+            platform = _mesh_platform(self.mesh)
             with use_attention(resolve_attention(self.attention, platform)):
                 lowered = jax.jit(fn).lower(*args)
             self._compiled[key] = compile_lowered(lowered, platform=platform)
