@@ -330,7 +330,7 @@ class AudioLDM2Pipeline:
         self.seconds_per_frame = float(self.hop_length) / float(self.sampling_rate)
 
         self.mesh, self.rules = mesh, tuple(rules)
-        if jnp.dtype(dtype) == jnp.float16 and self.platform == "cpu":
+        if jnp.dtype(dtype) == jnp.float16 and _mesh_platform(mesh) == "cpu":
             raise ValueError("dtype float16 is not supported on CPU: XLA:CPU has no float16 matrix product with "
                              "float32 accumulation (the attention's logits); use float32 or bfloat16")
         variables = {name: {"params": value[1]} for name, value in dict(
@@ -345,11 +345,6 @@ class AudioLDM2Pipeline:
                                             **variables["clap"]["params"]}}
         self.params = self._place_params(variables)
         self._compiled: dict[tuple, Callable] = {}
-
-    @property
-    def platform(self) -> str:
-        """The platform the pipeline runs on: its mesh's devices', else the default device's ("cpu", "gpu", "tpu")."""
-        return _mesh_platform(self.mesh)
 
     # ------------------------------------------------------------------------------------------------------------
     # Loading

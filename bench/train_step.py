@@ -112,7 +112,9 @@ def run_ours(config, inputs, mode: str, warmup: int, steps: int) -> dict:
         compiled = compile_lowered(lowered)
         compile_s = time.perf_counter() - start
         flops = metrics.compiled_flops(compiled)
-        if attention != "xla":  # a fused attention kernel is a custom call whose FLOPs XLA's cost analysis omits
+        # cuDNN's fused attention is a custom call whose FLOPs XLA's cost analysis omits, and the CPU's per-head
+        # loop is counted once: count the FLOPs of the same step with XLA's attention
+        if attention != "xla":
             with use_attention("xla"):
                 flops = jax.jit(train_step).lower(params, opt_state, batch).cost_analysis()["flops"]
         try:
