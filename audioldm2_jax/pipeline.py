@@ -115,6 +115,7 @@ class _Request:
     latents: np.ndarray | None  # [Bn, T/f, W, C] channels-last, float32
     max_new_tokens: int
     tokens: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)  # AudioLDM2Pipeline.tokenize's output
+    loa: np.ndarray | None = None  # [B, max_new_tokens, D] float32: the prompts' LOA, given instead of generated
     edit: _EditInputs | None = None  # audio-to-audio: the input latents and what the loop does with them
 
     @property
@@ -509,7 +510,8 @@ class AudioLDM2Pipeline:
                  transcription: str | Sequence[str] | None = None, audio_length_in_s: float | None = None,
                  num_inference_steps: int = 200, guidance_scale: float = 3.5, num_waveforms_per_prompt: int = 1,
                  scheduler: str | None = None, eta: float = 0.0, seed: int | Sequence[int] = 0,
-                 latents: np.ndarray | None = None, max_new_tokens: int | None = None) -> Generation:
+                 latents: np.ndarray | None = None, max_new_tokens: int | None = None,
+                 loa: np.ndarray | None = None) -> Generation:
         """Generates ``num_waveforms_per_prompt`` waveforms per prompt: validate -> encode -> sample -> rank.
 
         Args:
@@ -529,6 +531,12 @@ class AudioLDM2Pipeline:
           latents: initial noise in the reference's layout ``[B * n, C, T/f, mel_bins/f]`` (rows grouped by
             prompt); drawn from the seeds when None.
           max_new_tokens: LOA length (the language model config's ``max_new_tokens`` when None).
+          loa: the prompts' Language of Audio, float ``[B, N, D]`` (N tokens of the language model's width D), to
+            condition on instead of the one GPT-2 generates from them: e.g. AudioMAE features of real clips, which
+            the LDM stage trains on, to tell the diffusion model's prompt following apart from the language
+            model's. The prompts still give the T5 stream and the negative prompts their own LOA (generated, N
+            tokens long); N is ``max_new_tokens``. Both streams are diffusers' ``prompt_embeds`` /
+            ``generated_prompt_embeds`` given together.
 
         Returns:
           a :class:`Generation`: waveforms float32 ``[B * n, samples]`` at ``self.sampling_rate`` (the n waveforms of
@@ -544,7 +552,7 @@ class AudioLDM2Pipeline:
         start = time.perf_counter()
         request = self._validate(prompt, negative_prompt, transcription, audio_length_in_s, num_inference_steps,
                                  guidance_scale, num_waveforms_per_prompt, scheduler, eta, seed, latents,
-                                 max_new_tokens)
+                                 max_new_tokens, loa)
         return self._generate(request, Timings(), start)[0]
 
     def _generate(self, request: _Request, timings: Timings, start: float) -> tuple[Generation, np.ndarray]:
@@ -571,11 +579,12 @@ class AudioLDM2Pipeline:
                  num_inference_steps: int = 200, guidance_scale: float = 3.5, num_waveforms_per_prompt: int = 1,
                  scheduler: str | None = None, eta: float = 0.0, seed: int | Sequence[int] = 0,
                  latents: np.ndarray | None = None, max_new_tokens: int | None = None,
-                 return_mel: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                 return_mel: bool = False, loa: np.ndarray | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """:meth:`generate`'s waveforms ``[B * n, samples]`` (with ``return_mel``, the pair ``(waveforms,
         log_mel)``); same arguments and errors."""
         out = self.generate(prompt, negative_prompt, transcription, audio_length_in_s, num_inference_steps,
-                            guidance_scale, num_waveforms_per_prompt, scheduler, eta, seed, latents, max_new_tokens)
+                            guidance_scale, num_waveforms_per_prompt, scheduler, eta, seed, latents, max_new_tokens,
+                            loa)
         return (out.waveforms, out.log_mel) if return_mel else out.waveforms
 
     # ------------------------------------------------------------------------------------------------------------
@@ -771,8 +780,8 @@ class AudioLDM2Pipeline:
         return mean + std * draws
 
     def _validate(self, prompt, negative_prompt, transcription, audio_length_in_s, num_inference_steps,
-                  guidance_scale, num_waveforms_per_prompt, scheduler, eta, seed, latents, max_new_tokens
-                  ) -> _Request:
+                  guidance_scale, num_waveforms_per_prompt, scheduler, eta, seed, latents, max_new_tokens,
+                  loa=None) -> _Request:
         """Every check that can fail, before anything is compiled or run."""
         prompts = _as_texts(prompt, "prompt")
         if not prompts:
@@ -861,6 +870,13 @@ class AudioLDM2Pipeline:
                                  f"{int(np.isinf(latents).sum())}, counted in float32) of {latents.size}; initial "
                                  "noise must be finite")
 
+        if loa is not None:
+            loa = self._check_loa(loa, b)
+            if max_new_tokens is None:
+                max_new_tokens = loa.shape[1]
+            elif max_new_tokens != loa.shape[1]:
+                raise ValueError(f"max_new_tokens={max_new_tokens!r} but loa has {loa.shape[1]} tokens; the given LOA "
+                                 "sets the length (omit max_new_tokens)")
         if max_new_tokens is None:
             max_new_tokens = self.language_model_config.max_new_tokens
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
@@ -871,7 +887,7 @@ class AudioLDM2Pipeline:
                            sampler_key=(scheduler, int(num_inference_steps), float(eta),
                                         scheduler_config_key(self.scheduler_config)),
                            guidance_scale=float(guidance_scale), seeds=seeds, latents=latents,
-                           max_new_tokens=int(max_new_tokens))
+                           max_new_tokens=int(max_new_tokens), loa=loa)
         # GPT-2 reads the projected prompt (CLAP's token, then the T5 / phoneme stream, each between a learned SOS
         # and EOS) followed by the generated states but the last (returned, never fed back): positions 0 ..
         # prompt + max_new_tokens - 2 must all have a row in its position table (the reference indexes past it).
@@ -885,6 +901,22 @@ class AudioLDM2Pipeline:
                              f"(CLAP 1 + {'phonemes' if self.is_speech else 'T5'} {length_2} + 4 SOS / EOS), so at "
                              f"most {positions} - {prompt_length} + 1 = {positions - prompt_length + 1} new tokens fit")
         return request
+
+    def _check_loa(self, loa, num_prompts: int) -> np.ndarray:
+        """A caller's LOA as float32 ``[B, N, D]``, or a ValueError naming what is wrong with it."""
+        loa = np.asarray(loa)
+        width = self.language_model_config.n_embd
+        if loa.ndim != 3 or loa.shape[0] != num_prompts or loa.shape[1] < 1 or loa.shape[2] != width:
+            raise ValueError(f"loa has shape {loa.shape}; {num_prompts} prompt(s) need [{num_prompts}, tokens, {width}] "
+                             f"(tokens >= 1, the language model's width n_embd={width})")
+        if loa.dtype.kind not in "fiu":
+            raise ValueError(f"loa must be a real-valued array, got dtype {loa.dtype}")
+        with np.errstate(over="ignore"):
+            loa = np.asarray(loa, np.float32)
+        bad = int(np.count_nonzero(~np.isfinite(loa)))
+        if bad:
+            raise ValueError(f"loa holds {bad} non-finite value(s) of {loa.size} (counted in float32)")
+        return loa
 
     # ------------------------------------------------------------------------------------------------------------
     # Text side
@@ -971,6 +1003,10 @@ class AudioLDM2Pipeline:
             args = (args[0],) + tuple(put(a) for a in args[1:])
             compiled = self._compile(key, fn, args, timings)
             text_embeds, conditioning = jax.block_until_ready(compiled(*args))
+            if request.loa is not None:  # the caller's LOA for the prompts; the negatives keep the generated one
+                generated = conditioning[0]
+                given = jnp.concatenate([generated[:num_negative], jnp.asarray(request.loa, generated.dtype)])
+                conditioning = (jax.device_put(given, generated.sharding),) + tuple(conditioning[1:])
         timings.encode += time.perf_counter() - start - (timings.compile - compile_before)
         return np.asarray(jax.device_get(text_embeds)), conditioning
 

@@ -88,6 +88,31 @@ def test_dpm_solver_matches_diffusers(checkpoint, pipe):
     assert np.abs(other.waveforms[1] - ours[1]).max() > 1e-2
 
 
+def test_a_given_loa_matches_diffusers_given_generated_prompt_embeds(checkpoint, pipe):
+    """``loa=``: the prompts' LOA given instead of generated, the T5 stream still from the prompts and the negative
+    prompts' LOA still generated: diffusers' pipeline given the prompts' own ``prompt_embeds`` and
+    ``attention_mask`` (its ``encode_prompt``) with the same LOA as ``generated_prompt_embeds``."""
+    _, reference = checkpoint
+    latents = reference_latents(2, DURATION, seed=3)
+    with torch.no_grad():
+        t5, mask, generated = reference.encode_prompt(PROMPTS, "cpu", 1, False)
+    rng = np.random.default_rng(0)
+    loa = (rng.standard_normal(generated.shape) * generated.numpy().std()).astype(np.float32)
+    expected = run_reference(reference, DPMSolverMultistepScheduler, latents, prompt_embeds=t5, attention_mask=mask,
+                             generated_prompt_embeds=torch.from_numpy(loa), guidance_scale=3.5)
+    out = pipe.generate(PROMPTS, audio_length_in_s=DURATION, num_inference_steps=STEPS, guidance_scale=3.5,
+                        scheduler="dpmsolver++", latents=latents, loa=loa)
+    err = assert_close(out.waveforms, expected, rel=1e-4, what="waveforms conditioned on a given LOA")
+    print(f"given LOA: max abs error {np.abs(out.waveforms - expected).max():.2e} (relative {err:.1e})")
+    own = pipe.generate(PROMPTS, audio_length_in_s=DURATION, num_inference_steps=STEPS, guidance_scale=3.5,
+                        scheduler="dpmsolver++", latents=latents)
+    assert np.abs(own.waveforms - out.waveforms).max() > 1e-2 * np.abs(expected).max()  # the LOA reaches the audio
+    # GPT-2's own LOA given back reproduces the generated output
+    again = pipe.generate(PROMPTS, audio_length_in_s=DURATION, num_inference_steps=STEPS, guidance_scale=3.5,
+                          scheduler="dpmsolver++", latents=latents, loa=generated.numpy())
+    assert_close(again.waveforms, own.waveforms, rel=1e-5, what="the generated LOA given back")
+
+
 def test_return_mel_is_the_reference_vae_decoding(checkpoint, pipe):
     """``return_mel=True`` also returns the spectrogram the vocoder rendered: diffusers' final latents (its
     ``output_type="latent"``) decoded by its VAE, and the same waveforms as without it."""
@@ -144,6 +169,13 @@ def test_bad_input_fails_before_compiling(pipe, monkeypatch):
         (dict(prompt=PROMPTS, seed=[1, 2, 3]), "seed"),
         (dict(prompt=PROMPTS, num_inference_steps=0), "num_inference_steps"),
         (dict(prompt=PROMPTS, max_new_tokens=0), "max_new_tokens"),
+        (dict(prompt=PROMPTS, loa=np.zeros((3, 8, pipe.language_model_config.n_embd))),
+         r"loa has shape \(3, 8, \d+\); 2 prompt\(s\) need \[2, tokens, \d+\]"),
+        (dict(prompt=PROMPTS, loa=np.zeros((2, 8, pipe.language_model_config.n_embd + 1))), r"n_embd="),
+        (dict(prompt=PROMPTS, loa=np.full((2, 8, pipe.language_model_config.n_embd), np.nan)),
+         r"loa holds \d+ non-finite"),
+        (dict(prompt=PROMPTS, loa=np.zeros((2, 8, pipe.language_model_config.n_embd)), max_new_tokens=4),
+         r"max_new_tokens=4 but loa has 8 tokens"),
         (dict(prompt=[1, 2]), "prompt must be"),
         # eta: DDIM's noise scale, a finite number >= 0
         (dict(prompt=PROMPTS, eta=float("nan")), "eta=nan must be a finite number >= 0"),

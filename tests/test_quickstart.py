@@ -114,6 +114,36 @@ def test_report_accuracy_matches_a_recount(job):
     assert report["total_wall_s"] >= sum(report["timings"][p]["wall_s"] for p in phases) - 1e-6
 
 
+def test_true_loa_row_is_the_ldm_stage_loa_and_recounts(job):
+    """The reference row sampled from the true clips' LOA: the LOA is the one the LDM stage trains on (its own
+    extractor on the same clips), and the row's spectrogram pitch accuracy recounts from the files it wrote."""
+    import jax.numpy as jnp
+
+    from audioldm2_jax.audio import fbank as fbank_lib
+    from audioldm2_jax.eval.prompts import true_clips
+    from audioldm2_jax.quickstart.report import TRUE_LOA_ROW
+    from audioldm2_jax.quickstart.sampling import draw_prompts, true_clip_loa
+    from audioldm2_jax.train.stages.common import LOAExtractor, fit_frames
+
+    root, report = job
+    prompts = draw_prompts(NUM_PROMPTS, qs.PROMPT_SEED, qs.sampling_settings(micro=True)["audio_length_in_s"])
+    waves, _ = true_clips(prompts)
+    audiomae = root / "audiomae" / "export" / "audiomae"
+    loa = true_clip_loa(waves, audiomae, qs.LOA_LAMBDA)
+    config, params, _ = components.load("audiomae", audiomae)
+    fbank = fit_frames(np.stack([fbank_lib.audiomae_input(w) for w in waves]), config.input_frames)
+    stage_loa = np.asarray(LOAExtractor(config, jnp.float32)(params["encoder"], jnp.asarray(fbank), qs.LOA_LAMBDA))
+    np.testing.assert_allclose(loa, stage_loa, rtol=0, atol=1e-5 * np.abs(stage_loa).max())
+    assert loa.shape[1] == qs.get_config("joint,micro=1").model.gpt2.max_new_tokens
+
+    row = report["references"][TRUE_LOA_ROW]["spectrogram_pitch_class"]
+    heard = [estimate_pitch_class_from_log_mel(np.load(root / "samples_true_loa" / f"{p['name']}.mel.npy"),
+                                               qs.GRAMMAR["instruments"]) for p in prompts]
+    notes = [_caption_note(p["caption"]) for p in prompts]
+    assert row["correct"] == sum(h == n for h, n in zip(heard, notes)) and row["count"] == NUM_PROMPTS
+    assert TRUE_LOA_ROW in (root / "report.md").read_text()
+
+
 def test_editing_demo_recounts(job):
     """The demo's notes, recounted: the target note read from the target caption's text, the output note from the
     saved generated log-mel, the inpainting split at the span's frames; the unedited sources read back."""

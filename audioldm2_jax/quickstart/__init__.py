@@ -18,13 +18,15 @@ setting; one module per step):
    trainer does that by itself; Ctrl-C or SIGTERM makes it save first).
 3. ``root/samples`` (:mod:`.sampling`): ``--prompts`` captions drawn from the quickstart grammar (fixed seed),
    sampled from the joint stage's export with :class:`audioldm2_jax.pipeline.AudioLDM2Pipeline` (one WAV,
-   spectrogram PNG and JSON per clip, as ``sample.py`` writes them).
+   spectrogram PNG and JSON per clip, as ``sample.py`` writes them); and again into ``root/samples_true_loa`` from
+   the LOA of the prompts' true clips instead of GPT-2's, which tells the diffusion model's prompt following apart
+   from the language model's.
 4. ``root/report.json`` / ``root/report.md`` (:mod:`.report`; the scores of :mod:`audioldm2_jax.eval.prompts`; also
    printed): prompt following measured on the WAV files with the procedural dataset's estimators (pitch class,
    instrument family, tempo class) and, apart, the pitch class read from the spectrogram the diffusion model
    generated (before the vocoder). Every accuracy stands beside two baselines from the same clips: the same
    estimates scored against shuffled prompts (what a prompt-ignoring generator gets) and the best constant answer.
-   Also the same checks on the prompts' true clips (the ceiling), on true clips against mismatched prompts (the
+   Also the same checks on the samples from the true clips' LOA, on the prompts' true clips (the ceiling), on true clips against mismatched prompts (the
    floor), and through the trained vocoder (and VAE), which bound what the chain can reach; wall and CPU time per
    step of the job; ``root/spectrograms.png`` (true clip, generated spectrogram and generated audio for a handful of
    prompts) with a listening list (``root/true/<name>.wav`` beside ``root/samples/<name>.wav``); and

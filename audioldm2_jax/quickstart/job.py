@@ -17,8 +17,9 @@ from audioldm2_jax.configs import quickstart as qs
 from audioldm2_jax.eval.prompts import reference_scores, score_samples, true_clips
 from audioldm2_jax.pipeline import AudioLDM2Pipeline
 from audioldm2_jax.quickstart import editing_demo
-from audioldm2_jax.quickstart.report import pick_listening, plot_losses, write_listening, write_report
-from audioldm2_jax.quickstart.sampling import draw_prompts, sample_prompts
+from audioldm2_jax.quickstart.report import (TRUE_LOA_ROW, pick_listening, plot_losses, write_listening,
+                                             write_report)
+from audioldm2_jax.quickstart.sampling import draw_prompts, sample_prompts, true_clip_loa
 from audioldm2_jax.quickstart.stages import stage_main, stage_config, train_stages
 from audioldm2_jax.quickstart.text import build_text
 from audioldm2_jax.train.loop import setup_runtime
@@ -78,19 +79,25 @@ def run(root: str | os.PathLike = "runs/quickstart", num_prompts: int = 48, step
     prompts = draw_prompts(num_prompts, qs.PROMPT_SEED, sampling["audio_length_in_s"])
     (root / "prompts.txt").write_text("".join(f"{p['caption']}|{p['name']}\n" for p in prompts))
     export = root / STAGE_ORDER[-1] / "export"
-    samples = root / "samples"
-    if samples.is_dir():  # the clips of an earlier run (other prompts, other weights) would mix with these
-        shutil.rmtree(samples)
+    samples, samples_true_loa = root / "samples", root / "samples_true_loa"
+    for folder in (samples, samples_true_loa):  # an earlier run's clips (other prompts, other weights) would mix in
+        shutil.rmtree(folder, ignore_errors=True)
     say(f"[quickstart] sampling {num_prompts} prompts from {export} -> {samples}")
     with clock.phase("sample") as entry:
         pipe = AudioLDM2Pipeline.from_pretrained(export)
         totals = sample_prompts(pipe, prompts, samples, sampling, progress)
         entry["status"] = (f"{totals['clips']} clips, compile {totals['compile_s']:.0f} s, "
                            f"run {totals['wall_s']:.0f} s")
+    true_waves, _ = true_clips(prompts)
+    say(f"[quickstart] sampling them again from their true clips' LOA (GPT-2 bypassed) -> {samples_true_loa}")
+    with clock.phase("sample from the true LOA") as entry:
+        loa = true_clip_loa(true_waves, root / "audiomae" / "export" / "audiomae", qs.LOA_LAMBDA)
+        totals = sample_prompts(pipe, prompts, samples_true_loa, sampling, progress, loa=loa)
+        entry["status"] = f"{totals['clips']} clips, run {totals['wall_s']:.0f} s"
     with clock.phase("score") as entry:
         scores = score_samples(samples, prompts, qs.GRAMMAR)
-        references = reference_scores(pipe, prompts, qs.GRAMMAR)
-        true_waves, _ = true_clips(prompts)
+        references = {TRUE_LOA_ROW: score_samples(samples_true_loa, prompts, qs.GRAMMAR)["summary"],
+                      **reference_scores(pipe, prompts, qs.GRAMMAR)}
         listening = write_listening(root, samples, prompts, scores["clips"], true_waves,
                                     pick_listening(scores["clips"]))
         plots = []
@@ -112,7 +119,8 @@ def run(root: str | os.PathLike = "runs/quickstart", num_prompts: int = 48, step
     text = write_report(root, report)
     say(text)
     say(f"[quickstart] outputs: {root}/report.md, {root}/report.json, {root}/spectrograms.png (true vs generated), "
-        f"{samples}/ (WAV + PNG + JSON per clip), {root}/true/ (true clips to compare), {root}/loss_<stage>.png; "
+        f"{samples}/ (WAV + PNG + JSON per clip; {samples_true_loa.name}/ the same from the true clips' LOA), "
+        f"{root}/true/ (true clips to compare), {root}/loss_<stage>.png; "
         f"the model: {export}")
     return report
 

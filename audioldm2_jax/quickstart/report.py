@@ -24,6 +24,8 @@ from audioldm2_jax.train.metrics import read_jsonl
 # points above their shuffled-prompt baselines.
 TARGETS = {"pitch_class": ("accuracy", 0.5), "spectrogram_pitch_class": ("accuracy", 0.6),
            "instrument_family": ("margin", 0.3), "tempo": ("margin", 0.3)}
+# The reference row of the clips sampled from the true clips' LOA instead of GPT-2's (samples_true_loa/).
+TRUE_LOA_ROW = "generated from the true clips' LOA (GPT-2 bypassed)"
 
 
 def plot_losses(workdir: str | os.PathLike, stage: str, path: str | os.PathLike) -> bool:
@@ -154,7 +156,10 @@ def write_report(root: Path, report: dict) -> str:
                      f"{verdict(check, v)} |")
     refs = report.get("references", {})
     if refs:
-        lines += ["", "The checks on the prompts' true clips (their ceiling), on the same true clips scored against "
+        lines += ["", "The same prompts sampled from the LOA of their true clips (AudioMAE features, as the LDM stage "
+                  "trains on) instead of the one GPT-2 generates: what the diffusion model follows when the language "
+                  "model is out of the way (`samples_true_loa/`). The checks on the prompts' true clips (their "
+                  "ceiling), on the same true clips scored against "
                   "mismatched prompts (clip i + 1 against prompt i: must sit at the shuffled level, or the check "
                   "measures something else), and on the true clips through the trained vocoder and VAE (what the "
                   "chain after the diffusion model allows). Accuracy (shuffled-prompt baseline):", "",
