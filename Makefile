@@ -44,7 +44,8 @@ quickstart: $(QUICKSTART_STAMP)
 	$(PY) -m audioldm2_jax.quickstart --root $(QUICKSTART)
 	@echo "quickstart outputs: $(QUICKSTART)/report.md and report.json (prompt following, timings),"
 	@echo "  $(QUICKSTART)/spectrograms.png (true vs generated) and $(QUICKSTART)/true/ (true clips to listen to),"
-	@echo "  $(QUICKSTART)/samples/ (WAV + spectrogram PNG + JSON per clip), $(QUICKSTART)/loss_<stage>.png;"
+	@echo "  $(QUICKSTART)/samples/ (WAV + spectrogram PNG + JSON per clip; samples_true_loa/ the same from the true"
+	@echo "  clips' LOA instead of GPT-2's), $(QUICKSTART)/loss_<stage>.png;"
 	@echo "  the trained model: $(QUICKSTART)/joint/export (python sample.py --checkpoint $(QUICKSTART)/joint/export ...)"
 
 clean:
