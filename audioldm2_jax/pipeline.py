@@ -907,8 +907,8 @@ class AudioLDM2Pipeline:
         loa = np.asarray(loa)
         width = self.language_model_config.n_embd
         if loa.ndim != 3 or loa.shape[0] != num_prompts or loa.shape[1] < 1 or loa.shape[2] != width:
-            raise ValueError(f"loa has shape {loa.shape}; {num_prompts} prompt(s) need [{num_prompts}, tokens, {width}] "
-                             f"(tokens >= 1, the language model's width n_embd={width})")
+            raise ValueError(f"loa has shape {loa.shape}; {num_prompts} prompt(s) need [{num_prompts}, tokens, "
+                             f"{width}] (tokens >= 1, the language model's width n_embd={width})")
         if loa.dtype.kind not in "fiu":
             raise ValueError(f"loa must be a real-valued array, got dtype {loa.dtype}")
         with np.errstate(over="ignore"):
