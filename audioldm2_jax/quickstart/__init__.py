@@ -28,9 +28,10 @@ setting; one module per step):
    estimates scored against shuffled prompts (what a prompt-ignoring generator gets) and the best constant answer.
    Also the same checks on the samples from the true clips' LOA, on the prompts' true clips (the ceiling), on true
    clips against mismatched prompts (the floor), and through the trained vocoder (and VAE), which bound what the
-   chain can reach; wall and CPU time per step of the job; ``root/spectrograms.png`` (true clip, generated spectrogram and generated audio for a handful of
-   prompts) with a listening list (``root/true/<name>.wav`` beside ``root/samples/<name>.wav``); and
-   ``root/loss_<stage>.png`` loss curves from each stage's ``metrics.jsonl``.
+   chain can reach; wall and CPU time per step of the job; ``root/spectrograms.png`` (true clip, generated
+   spectrogram and generated audio for a handful of prompts) with a listening list (``root/true/<name>.wav``
+   beside ``root/samples/<name>.wav``); and ``root/loss_<stage>.png`` loss curves from each stage's
+   ``metrics.jsonl``.
 5. ``root/editing`` (:mod:`.editing_demo`): the trained model edits a few true clips toward prompts for other notes
    (a style transfer and an inpainting of each), with the notes read back, in the report beside their baselines.
 

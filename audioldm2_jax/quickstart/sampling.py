@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
@@ -20,9 +21,8 @@ from audioldm2_jax.audio import fbank as fbank_lib
 from audioldm2_jax.audio.io import save_spectrogram_png, write_wav
 from audioldm2_jax.configs import quickstart as qs
 from audioldm2_jax.data.procedural import caption_for, sample_attributes
-from audioldm2_jax.models.audiomae import AudioMAEEncoder, pool_loa
 from audioldm2_jax.pipeline import AudioLDM2Pipeline
-from audioldm2_jax.train.stages.common import fit_frames
+from audioldm2_jax.train.stages.common import LOAExtractor, audiomae_fbank
 
 
 def draw_prompts(count: int, seed: int, duration: float) -> list[dict]:
@@ -37,19 +37,14 @@ def draw_prompts(count: int, seed: int, duration: float) -> list[dict]:
 
 
 def true_clip_loa(true_waves: Sequence[np.ndarray], audiomae_dir: str | os.PathLike, lam: int) -> np.ndarray:
-    """The Language of Audio of real clips, as the LDM stage computes it for training: the AudioMAE encoder of
-    ``audiomae_dir`` (an export's ``audiomae`` folder) on each clip's normalised fbank, pooled at rate ``lam``:
-    float32 ``[B, tokens, width]``."""
+    """The Language of Audio of real clips, as the LDM stage computes it for training (its
+    :class:`~audioldm2_jax.train.stages.common.LOAExtractor`): the AudioMAE encoder of ``audiomae_dir`` (an export's
+    ``audiomae`` folder) on each clip's normalised fbank, pooled at rate ``lam``: float32 ``[B, tokens, width]``."""
     config, params, _ = components.load("audiomae", audiomae_dir)
-    fbank = fit_frames(np.stack([fbank_lib.audiomae_input(np.asarray(w, np.float32)) for w in true_waves]),
-                       config.input_frames)
-
-    @jax.jit
-    def features(encoder_params, x):
-        out = AudioMAEEncoder(config).apply({"params": encoder_params}, x, method=AudioMAEEncoder.features)
-        return pool_loa(out.astype(np.float32), lam, config.grid)
-
-    return np.asarray(features(params["encoder"], fbank), np.float32)
+    fbank = audiomae_fbank({"fbank": np.stack([fbank_lib.audiomae_input(np.asarray(w, np.float32))
+                                               for w in true_waves])}, config)
+    extract = LOAExtractor(config, jnp.float32)
+    return np.asarray(jax.jit(extract, static_argnums=2)(params["encoder"], fbank, lam), np.float32)
 
 
 def sample_prompts(export, prompts: Sequence[dict], out_dir: str | os.PathLike, settings: dict,
